@@ -1,0 +1,235 @@
+"""A two-level read-through cache: in-process ``cachetools`` in front of Redis in front of the loader.
+
+- Penetration: a loader answer of ``None`` is cached too (a short negative TTL).
+- Avalanche: every TTL gets a random jitter so entries made together do not expire together.
+- Breakdown: one request per process rebuilds a missing entry (a per-key future) and, across
+  processes, one holds a short Redis lock while the others wait briefly for its value.
+- Consistency: :meth:`TwoLevelCache.invalidate` bumps a per-key generation in Redis, deletes the
+  value and tells every process (pub/sub) to drop its local copy. A loader only stores its result
+  if the generation it started with is still current, so a slow reader can never write back a value
+  that a concurrent change already invalidated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar, cast
+
+import msgspec
+from cachetools import TTLCache
+from redis.asyncio import Redis
+
+log = logging.getLogger("picool.cache")
+
+T = TypeVar("T")
+CHANNEL = "picool:cache:invalidate"
+_NEGATIVE = b"\x00"
+
+# KEYS: value key, generation key.  ARGV: expected generation, value, ttl ms.
+_SET_IF_GEN = """
+local gen = redis.call('GET', KEYS[2]) or '0'
+if gen ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+# KEYS: value key, generation key.  Returns the new generation.
+_INVALIDATE = """
+redis.call('DEL', KEYS[1])
+local g = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], 86400000)
+return g
+"""
+
+
+class _Missing:
+    pass
+
+
+MISSING: Any = _Missing()
+
+
+class CacheBus:
+    """Carries invalidations between processes over one Redis pub/sub channel."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._caches: dict[str, TwoLevelCache[Any]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.set_if_gen = redis.register_script(_SET_IF_GEN)
+        self.invalidate_script = redis.register_script(_INVALIDATE)
+
+    def attach(self, cache: TwoLevelCache[Any]) -> None:
+        """Deliver invalidations for ``cache.name`` to ``cache``."""
+        self._caches[cache.name] = cache
+
+    async def start(self) -> None:
+        """Subscribe (returns once the subscription is live)."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(CHANNEL)
+        self._task = asyncio.create_task(self._listen(pubsub), name="cache-bus")
+
+    async def _listen(self, pubsub: Any) -> None:
+        try:
+            while True:
+                try:
+                    msg = await pubsub.get_message(timeout=1.0)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.warning("cache bus lost Redis; clearing local caches", exc_info=True)
+                    for c in self._caches.values():
+                        c.clear_local()
+                    await asyncio.sleep(0.5)
+                    with contextlib.suppress(Exception):
+                        await pubsub.subscribe(CHANNEL)
+                    continue
+                if msg is None or msg.get("type") != "message":
+                    continue
+                data = msg["data"]
+                name, _, key = (data.decode() if isinstance(data, bytes) else str(data)).partition("\x00")
+                cache = self._caches.get(name)
+                if cache is not None:
+                    if key == "*":
+                        cache.clear_local()
+                    else:
+                        cache.drop_local(key)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def publish(self, name: str, key: str) -> None:
+        """Tell every process to drop ``name:key`` from its local cache."""
+        await self.redis.publish(CHANNEL, f"{name}\x00{key}")
+
+    async def stop(self) -> None:
+        """Unsubscribe."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+
+class CacheStats:
+    """Hit counters per level."""
+
+    def __init__(self) -> None:
+        self.local_hits = 0
+        self.redis_hits = 0
+        self.misses = 0
+
+
+class TwoLevelCache(Generic[T]):
+    """A named cache of values of type ``T`` (msgspec-serialisable)."""
+
+    def __init__(
+        self,
+        name: str,
+        bus: CacheBus,
+        type_: Any,
+        *,
+        local_max: int = 10_000,
+        local_ttl_s: float = 5.0,
+        redis_ttl_s: float = 300.0,
+        negative_ttl_s: float = 15.0,
+        jitter: float = 0.2,
+    ) -> None:
+        self.name = name
+        self.bus = bus
+        self.redis = bus.redis
+        self.local: TTLCache[str, Any] = TTLCache(maxsize=local_max, ttl=local_ttl_s)
+        self.redis_ttl_s = redis_ttl_s
+        self.negative_ttl_s = negative_ttl_s
+        self.jitter = jitter
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(type_)
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self.stats = CacheStats()
+        bus.attach(self)
+
+    def _k(self, key: str) -> str:
+        # One hash tag per entry keeps the value and its generation in one Redis Cluster slot.
+        return f"picool:c:{{{self.name}:{key}}}"
+
+    def _ttl_ms(self, base: float) -> int:
+        return int(base * 1000 * (1 + random.uniform(-self.jitter, self.jitter)))
+
+    def drop_local(self, key: str) -> None:
+        """Forget the local copy of ``key``."""
+        self.local.pop(key, None)
+
+    def clear_local(self) -> None:
+        """Forget every local copy."""
+        self.local.clear()
+
+    async def get(self, key: str, loader: Callable[[], Awaitable[T | None]]) -> T | None:
+        """The value for ``key``: local, else Redis, else ``loader()`` (whose ``None`` is cached too)."""
+        value = self.local.get(key, MISSING)
+        if value is not MISSING:
+            self.stats.local_hits += 1
+            return None if value is None else value
+        inflight = self._inflight.get(key)
+        if inflight is not None:
+            return await asyncio.shield(inflight)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            result = await self._fill(key, loader)
+            fut.set_result(result)
+            return result
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            self._inflight.pop(key, None)
+
+    async def _fill(self, key: str, loader: Callable[[], Awaitable[T | None]]) -> T | None:
+        rkey = self._k(key)
+        gkey = rkey + ":gen"
+        raw, gen = await self.redis.mget(rkey, gkey)
+        if raw is not None:
+            self.stats.redis_hits += 1
+            value = None if raw == _NEGATIVE else self._decoder.decode(cast(bytes, raw))
+            self.local[key] = value
+            return value
+        self.stats.misses += 1
+        lock_key = rkey + ":lock"
+        got_lock = await self.redis.set(lock_key, b"1", nx=True, px=3000)
+        if not got_lock:
+            # Someone else is rebuilding it: wait briefly for their value, then load ourselves.
+            for _ in range(25):
+                await asyncio.sleep(0.02)
+                raw = await self.redis.get(rkey)
+                if raw is not None:
+                    value = None if raw == _NEGATIVE else self._decoder.decode(cast(bytes, raw))
+                    self.local[key] = value
+                    return value
+        try:
+            value = await loader()
+            payload = _NEGATIVE if value is None else self._encoder.encode(value)
+            ttl = self._ttl_ms(self.negative_ttl_s if value is None else self.redis_ttl_s)
+            stored = await self.bus.set_if_gen(keys=[rkey, gkey], args=[(gen or b"0"), payload, ttl])
+            if stored:
+                self.local[key] = value
+            return value
+        finally:
+            if got_lock:
+                await self.redis.delete(lock_key)
+
+    async def invalidate(self, key: str) -> None:
+        """Drop ``key`` everywhere: this process, Redis and (via pub/sub) every other process."""
+        self.local.pop(key, None)
+        rkey = self._k(key)
+        await self.bus.invalidate_script(keys=[rkey, rkey + ":gen"], args=[])
+        await self.bus.publish(self.name, key)
+
+    async def set(self, key: str, value: T) -> None:
+        """Write a freshly computed value through both levels."""
+        rkey = self._k(key)
+        await self.redis.set(rkey, self._encoder.encode(value), px=self._ttl_ms(self.redis_ttl_s))
+        self.local[key] = value
