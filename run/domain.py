@@ -13,9 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-# shapely ships no type information; `types-shapely` would make the ignore unused.
-from shapely.geometry import Point, Polygon  # type: ignore[import-untyped, unused-ignore]
-from shapely.validation import explain_validity  # type: ignore[import-untyped, unused-ignore]
+import shapely
 
 EARTH_RADIUS_M: Final = 6_371_008.8
 """Mean Earth radius (IUGG), the sphere all distances here are measured on."""
@@ -26,17 +24,15 @@ EARTH_RADIUS_M: Final = 6_371_008.8
 def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     """Great-circle distance in metres between two WGS84 points given in degrees.
 
-    Exact on a sphere of radius `EARTH_RADIUS_M` (within ~0.5 % of the ellipsoid), symmetric,
-    never negative, and well-behaved across the antimeridian and at the poles.
+    Exact on a sphere of radius `EARTH_RADIUS_M` (within ~0.5 % of the ellipsoid),
+    symmetric, never negative, and well-behaved across the antimeridian and at the
+    poles.
     """
     phi1 = math.radians(lat1)
     phi2 = math.radians(lat2)
     dphi = phi2 - phi1
     dlmb = math.radians(lon2 - lon1)
-    a = (
-        math.sin(dphi / 2) ** 2
-        + math.cos(phi1) * math.cos(phi2) * math.sin(dlmb / 2) ** 2
-    )
+    a = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlmb / 2) ** 2
     return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(min(1.0, max(0.0, a))))
 
 
@@ -54,8 +50,8 @@ class TrackPoint:
 def path_length_m(points: Iterable[TrackPoint]) -> float:
     """Sum of the great-circle legs between consecutive points, in the order given.
 
-    Raw geometry: GPS jitter is counted as movement. Use `track_length_m` for the distance
-    a run is credited with.
+    Raw geometry: GPS jitter is counted as movement. Use `track_length_m` for the
+    distance a run is credited with.
     """
     total = 0.0
     prev: TrackPoint | None = None
@@ -66,23 +62,24 @@ def path_length_m(points: Iterable[TrackPoint]) -> float:
     return total
 
 
-def track_length_m(
-    points: Sequence[TrackPoint], min_step_m: float = 10.0, smooth_window_s: float = 2.0
-) -> float:
-    """Distance in metres credited to a time-ordered track, robust to GPS jitter.
+def track_length_m(points: Sequence[TrackPoint], min_step_m: float = 10.0, smooth_window_s: float = 2.0) -> float:
+    """Distance in metres credited to a track (taken in timestamp order), robust to GPS
+    jitter.
 
-    Promise: a device standing still with a few metres of jitter accrues (almost) nothing,
-    while a real path is measured to within about `min_step_m` plus some corner cutting.
-    It never counts more than `path_length_m` of the smoothed positions.
+    Promise: a device standing still with a few metres of jitter accrues (almost)
+    nothing, while a real path is measured to within about `min_step_m` plus some corner
+    cutting. It never counts more than `path_length_m` of the smoothed positions.
 
     Definition: each position is first replaced by the mean of the positions recorded
     within `smooth_window_s` seconds of it (a centred moving average in time). Then an
-    anchor walks the smoothed track: a point is credited, and becomes the new anchor, only
-    once it is at least max(`min_step_m`, that point's reported accuracy) from the current
-    anchor. The remainder from the last anchor to the last point is credited at the end.
+    anchor walks the smoothed track: a point is credited, and becomes the new anchor,
+    only once it is at least max(`min_step_m`, that point's reported accuracy) from the
+    current anchor. The remainder from the last anchor to the last point is credited at
+    the end.
     """
     if len(points) < 2:
         return 0.0
+    points = sorted(points, key=lambda p: p.ts_ms)
     smoothed = _smooth(points, smooth_window_s * 1000.0)
     a_lat, a_lon = smoothed[0]
     total = 0.0
@@ -101,10 +98,8 @@ def _wrap_lon(lon: float) -> float:
     return (lon + 180.0) % 360.0 - 180.0
 
 
-def _smooth(
-    points: Sequence[TrackPoint], window_ms: float
-) -> list[tuple[float, float]]:
-    """Centred moving average in time; longitudes averaged as offsets so that a window
+def _smooth(points: Sequence[TrackPoint], window_ms: float) -> list[tuple[float, float]]:
+    """Centred moving average in time of a time-ordered track; longitudes averaged as offsets so that a window
     straddling the antimeridian does not average to 0."""
     out: list[tuple[float, float]] = []
     lo = hi = 0
@@ -122,15 +117,15 @@ def _smooth(
 
 
 def max_sustained_speed_mps(points: Sequence[TrackPoint], window_s: float) -> float:
-    """Highest speed in m/s sustained over `window_s` seconds by a time-ordered track with
-    strictly increasing timestamps.
+    """Highest speed in m/s sustained over `window_s` seconds by a time-ordered track
+    with strictly increasing timestamps.
 
-    Definition: for every point j, take the latest point i with t[j] - t[i] >= window_s; the
-    window's speed is the great-circle distance from i to j divided by t[j] - t[i]. The
-    result is the maximum over all such windows. A track shorter than `window_s` is one
-    window, first to last. Because only the window's end points count, one noisy fix can
-    move at most the few windows that end or start on it, and only by its error divided by
-    `window_s`; driving moves every window.
+    Definition: for every point j, take the latest point i with t[j] - t[i] >= window_s;
+    the window's speed is the great-circle distance from i to j divided by t[j] - t[i].
+    The result is the maximum over all such windows. A track shorter than `window_s` is
+    one window, first to last. Because only the window's end points count, one noisy fix
+    can move at most the few windows that end or start on it, and only by its error
+    divided by `window_s`; driving moves every window.
     """
     n = len(points)
     if n < 2:
@@ -161,11 +156,11 @@ def _speed_mps(a: TrackPoint, b: TrackPoint) -> float:
 # ------------------------------------------------------------------ track encoding
 
 TRACK_FORMAT_VERSION: Final = 1
-# v1 layout (little-endian): header = version u8, base_ts_ms i64 (the first point's time);
-# then 14 bytes per point = ts offset from base ms i32 (+-24.8 days), lat i32 and lon i32
-# in 1e-7 degrees (~1 cm), accuracy u16 decimetres (0xFFFF = unknown, capped at 6553.4 m).
-# Every record is absolute relative to the header, so appending a batch is concatenation
-# (no decode, and the store could even append with `track || batch`).
+# v1 layout (little-endian): header = version u8, base_ts_ms i64 (the first point's
+# time); then 14 bytes per point = ts offset from base ms i32 (+-24.8 days), lat i32 and
+# lon i32 in 1e-7 degrees (~1 cm), accuracy u16 decimetres (0xFFFF = unknown, capped at
+# 6553.4 m). Every record is absolute relative to the header, so appending a batch is
+# concatenation (no decode, and the store could even append with `track || batch`).
 _HEADER: Final = struct.Struct("<Bq")
 _RECORD: Final = struct.Struct("<iiiH")
 _I32_MIN: Final = -(2**31)
@@ -184,11 +179,11 @@ class TrackEncodingError(ValueError):
 def encode_track(points: Iterable[TrackPoint]) -> bytes:
     """Compact binary form of a track: 9 header bytes plus 14 bytes per point.
 
-    Decoding gives the points back in the same order with timestamps exact, lat/lon within
-    5e-8 degrees and accuracy within 0.05 m (larger than 6553.4 m is stored as 6553.4).
-    The empty track encodes to b"". Raises `TrackEncodingError` for a coordinate outside
-    WGS84 ranges, a negative or NaN accuracy, or a point more than ~24.8 days from the
-    first one.
+    Decoding gives the points back in the same order with timestamps exact, lat/lon
+    within 5e-8 degrees and accuracy within 0.05 m (larger than 6553.4 m is stored as
+    6553.4). The empty track encodes to b"". Raises `TrackEncodingError` for a
+    coordinate outside WGS84 ranges, a negative or NaN accuracy, or a point more than
+    ~24.8 days from the first one.
     """
     pts = list(points)
     if not pts:
@@ -200,9 +195,9 @@ def encode_track(points: Iterable[TrackPoint]) -> bytes:
 def append_encoded(existing: bytes, new_points: Iterable[TrackPoint]) -> bytes:
     """Encoding of the existing track followed by `new_points`, without decoding it.
 
-    Equal to `encode_track(decode_track(existing) + list(new_points))` whenever that call
-    succeeds; only the header is read. Raises `TrackEncodingError` like `encode_track`, or
-    when `existing` is not an encoded track.
+    Equal to `encode_track(decode_track(existing) + list(new_points))` whenever that
+    call succeeds; only the header is read. Raises `TrackEncodingError` like
+    `encode_track`, or when `existing` is not an encoded track.
     """
     if not existing:
         return encode_track(new_points)
@@ -243,22 +238,16 @@ def _pack_records(base: int, points: Sequence[TrackPoint]) -> bytes:
     for k, p in enumerate(points):
         offset = p.ts_ms - base
         if not _I32_MIN <= offset <= _I32_MAX:
-            raise TrackEncodingError(
-                "point is more than 24 days away from the track start"
-            )
+            raise TrackEncodingError("point is more than 24 days away from the track start")
         # Written as `not a <= x <= b` so that NaN is rejected too.
         if not (-90.0 <= p.lat <= 90.0 and -180.0 <= p.lon <= 180.0):
-            raise TrackEncodingError(
-                f"coordinate out of range: lat={p.lat}, lon={p.lon}"
-            )
+            raise TrackEncodingError(f"coordinate out of range: lat={p.lat}, lon={p.lon}")
         if p.accuracy_m is None:
             qacc = _ACC_NONE
         elif p.accuracy_m >= 0.0:
             qacc = round(min(p.accuracy_m * 10.0, _ACC_MAX))
         else:
-            raise TrackEncodingError(
-                f"accuracy must be >= 0 metres, got {p.accuracy_m}"
-            )
+            raise TrackEncodingError(f"accuracy must be >= 0 metres, got {p.accuracy_m}")
         _RECORD.pack_into(
             out,
             k * _RECORD.size,
@@ -294,36 +283,36 @@ class Destination:
 
 
 def is_at_destination(dest: Destination, lat: float, lon: float) -> bool:
-    """True when the position is inside or on the geofence (if any), or within `radius_m`
-    metres of the destination point.
+    """True when the position is inside or on the geofence (if any), or within
+    `radius_m` metres of the destination point.
 
     The geofence is tested in plain lon/lat coordinates, which is exact enough for the
-    small polygons `validate_geofence` accepts but not for one straddling the antimeridian.
+    small polygons `validate_geofence` accepts but not for one straddling the
+    antimeridian.
     """
     if haversine_m(dest.lat, dest.lon, lat, lon) <= dest.radius_m:
         return True
     if dest.geofence is None:
         return False
-    return bool(Polygon(dest.geofence).covers(Point(lon, lat)))
+    return bool(shapely.Polygon(dest.geofence).covers(shapely.Point(lon, lat)))
 
 
 def validate_geofence(geojson: object) -> list[tuple[float, float]]:
-    """The exterior ring, as (lon, lat) pairs ending with the first one again, of a GeoJSON
-    Polygon that is fit to be a task's geofence.
+    """The exterior ring, as (lon, lat) pairs ending with the first one again, of a
+    GeoJSON Polygon that is fit to be a task's geofence.
 
     Raises `GeofenceError` with a message fit for the merchant unless `geojson` is a
-    mapping with "type": "Polygon" and "coordinates" holding exactly one ring (holes are
+    JSON object (dict) with "type": "Polygon" and "coordinates" holding exactly one ring (holes are
     not supported), the ring is closed, has 3 to `MAX_GEOFENCE_VERTICES` vertices (the
     closing repeat not counted), every position is [lon, lat] or [lon, lat, alt] with
     finite numbers, lon in [-180, 180], lat in [-90, 90], spans less than 180 degrees of
-    longitude, and the polygon is valid and simple (no self-intersection) with non-zero area.
+    longitude, and the polygon is valid and simple (no self-intersection) with non-zero
+    area.
     """
     if not isinstance(geojson, dict):
         raise GeofenceError("geofence must be a GeoJSON object")
     if geojson.get("type") != "Polygon":
-        raise GeofenceError(
-            'geofence must be a GeoJSON geometry with "type": "Polygon"'
-        )
+        raise GeofenceError('geofence must be a GeoJSON geometry with "type": "Polygon"')
     rings = geojson.get("coordinates")
     if not isinstance(rings, (list, tuple)) or not rings:
         raise GeofenceError("geofence coordinates must be a non-empty list of rings")
@@ -333,24 +322,18 @@ def validate_geofence(geojson: object) -> list[tuple[float, float]]:
     if not isinstance(raw_ring, (list, tuple)):
         raise GeofenceError("geofence ring must be a list of [lon, lat] positions")
     if len(raw_ring) < 4:
-        raise GeofenceError(
-            "geofence ring needs at least 3 vertices plus the closing one"
-        )
+        raise GeofenceError("geofence ring needs at least 3 vertices plus the closing one")
     if len(raw_ring) - 1 > MAX_GEOFENCE_VERTICES:
         raise GeofenceError(f"geofence has more than {MAX_GEOFENCE_VERTICES} vertices")
     ring = [_parse_position(pos, k) for k, pos in enumerate(raw_ring)]
     if ring[0] != ring[-1]:
-        raise GeofenceError(
-            "geofence ring is not closed: last position must equal the first"
-        )
+        raise GeofenceError("geofence ring is not closed: last position must equal the first")
     lons = [lon for lon, _ in ring]
     if max(lons) - min(lons) >= 180.0:
         raise GeofenceError("geofence spans 180 degrees of longitude or more")
-    polygon = Polygon(ring)
+    polygon = shapely.Polygon(ring)
     if not polygon.is_valid:
-        raise GeofenceError(
-            f"geofence is not a simple polygon: {explain_validity(polygon)}"
-        )
+        raise GeofenceError(f"geofence is not a simple polygon: {shapely.is_valid_reason(polygon)}")
     if not polygon.area > 0.0:
         raise GeofenceError("geofence has zero area")
     return ring
@@ -361,22 +344,14 @@ def _parse_position(pos: object, index: int) -> tuple[float, float]:
         raise GeofenceError(f"geofence position {index} must be [lon, lat]")
     values: list[float] = []
     for v in pos:
-        if (
-            isinstance(v, bool)
-            or not isinstance(v, (int, float))
-            or not math.isfinite(v)
-        ):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise GeofenceError(f"geofence position {index} must hold finite numbers")
         values.append(float(v))
     lon, lat = values[0], values[1]
     if not -180.0 <= lon <= 180.0:
-        raise GeofenceError(
-            f"geofence position {index}: longitude {lon} not in [-180, 180]"
-        )
+        raise GeofenceError(f"geofence position {index}: longitude {lon} not in [-180, 180]")
     if not -90.0 <= lat <= 90.0:
-        raise GeofenceError(
-            f"geofence position {index}: latitude {lat} not in [-90, 90]"
-        )
+        raise GeofenceError(f"geofence position {index}: latitude {lat} not in [-90, 90]")
     return (lon, lat)
 
 
@@ -413,9 +388,9 @@ DEFAULT_VERIFY_CONFIG: Final = VerifyConfig()
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """Outcome of verifying a run: `ok` with `reason` None, or not ok with the first rule
-    broken. `distance_m` (credited distance) and `duration_s` (first to last point) are
-    filled in either way, for display and statistics."""
+    """Outcome of verifying a run: `ok` with `reason` None, or not ok with the first
+    rule broken. `distance_m` (credited distance) and `duration_s` (first to last point)
+    are filled in either way, for display and statistics."""
 
     ok: bool
     reason: RejectReason | None
@@ -426,6 +401,7 @@ class Verdict:
 def verify_run(
     points: Iterable[TrackPoint],
     dest: Destination,
+    *,
     min_distance_m: float,
     accepted_at_ms: int,
     deadline_ms: int,
@@ -437,20 +413,22 @@ def verify_run(
     The track is first cleaned: points are ordered by timestamp (the first of equal
     timestamps is kept), points before `accepted_at_ms` are ignored (distance run before
     accepting does not count), and single-fix GPS spikes are dropped (a fix reached and
-    left faster than `max_speed_mps` while its neighbours are consistent with each other).
+    left faster than `max_speed_mps` while its neighbours are consistent with each
+    other).
 
     The rules, checked in this order, the first broken one being the reason:
 
     1. `too_few_points`: fewer than `min_points` points remain (and never zero points).
     2. `time_limit_exceeded`: `finished_at_ms` or the last point is after `deadline_ms`.
     3. `gap_in_track`: two consecutive points more than `max_gap_s` apart in time *and*
-       more than `max_gap_jump_m` apart in space (a teleport while the recording was off).
+       more than `max_gap_jump_m` apart in space (a teleport while the recording was
+       off).
     4. `too_fast`: `max_sustained_speed_mps(track, speed_window_s)` > `max_speed_mps`.
     5. `too_short`: `track_length_m` (jitter-filtered) < `min_distance_m`.
     6. `not_at_destination`: the last point is not `is_at_destination`.
 
-    Integrity and cheating rules come before the "not there yet" ones, so a runner is told
-    the most fundamental problem and a cheat is recorded as such.
+    Integrity and cheating rules come before the "not there yet" ones, so a runner is
+    told the most fundamental problem and a cheat is recorded as such.
     """
     track = _clean_track(points, accepted_at_ms, config.max_speed_mps)
     distance_m = track_length_m(track, config.min_step_m, config.smooth_window_s)
@@ -474,9 +452,7 @@ def verify_run(
     return verdict(None)
 
 
-def _clean_track(
-    points: Iterable[TrackPoint], accepted_at_ms: int, max_speed_mps: float
-) -> list[TrackPoint]:
+def _clean_track(points: Iterable[TrackPoint], accepted_at_ms: int, max_speed_mps: float) -> list[TrackPoint]:
     ordered: list[TrackPoint] = []
     for p in sorted(points, key=lambda q: q.ts_ms):
         if p.ts_ms >= accepted_at_ms and (not ordered or p.ts_ms != ordered[-1].ts_ms):
@@ -500,7 +476,6 @@ def _clean_track(
 def _has_gap(track: Sequence[TrackPoint], max_gap_s: float, max_jump_m: float) -> bool:
     max_gap_ms = max_gap_s * 1000.0
     return any(
-        b.ts_ms - a.ts_ms > max_gap_ms
-        and haversine_m(a.lat, a.lon, b.lat, b.lon) > max_jump_m
+        b.ts_ms - a.ts_ms > max_gap_ms and haversine_m(a.lat, a.lon, b.lat, b.lon) > max_jump_m
         for a, b in itertools.pairwise(track)
     )

@@ -10,9 +10,7 @@ from coupon import codes as coupon_codes
 from coupon.codes import ALPHABET, CHECK_ALPHABET, CodeError
 
 shards = st.integers(min_value=0, max_value=1023)
-CANONICAL = re.compile(
-    r"[0-9A-HJKMNP-TV-Z]{4}(-[0-9A-HJKMNP-TV-Z]{4}){2}-[0-9A-HJKMNP-TV-Z]{3}[0-9A-HJKMNP-TV-Z*~$=U]"
-)
+CANONICAL = re.compile(r"[0-9A-HJKMNP-TV-Z]{4}(-[0-9A-HJKMNP-TV-Z]{4}){2}-[0-9A-HJKMNP-TV-Z]{3}[0-9A-HJKMNP-TV-Z*~$=U]")
 
 
 def _compact(code: str) -> str:
@@ -93,12 +91,7 @@ def test_normalisation(shard: int) -> None:
     compact = _compact(code)
     assert coupon_codes.parse_code(compact).canonical == code
     assert coupon_codes.parse_code(code.lower()).canonical == code
-    assert (
-        coupon_codes.parse_code(
-            " ".join(compact[i : i + 4] for i in range(0, 16, 4))
-        ).canonical
-        == code
-    )
+    assert coupon_codes.parse_code(" ".join(compact[i : i + 4] for i in range(0, 16, 4))).canonical == code
     assert coupon_codes.parse_code(f"  {code}\n").canonical == code
     look_alikes = compact.replace("0", "O").replace("1", "I")
     assert coupon_codes.parse_code(look_alikes).canonical == code

@@ -74,13 +74,9 @@ discount_dicts = st.builds(
     st.none() | st.integers(min_value=0, max_value=MAX),
     scope_dicts,
 )
-direct_dicts = st.builds(
-    lambda a, s: {"type": "direct", "amount_cents": a, "scope": s}, cents, scope_dicts
-)
+direct_dicts = st.builds(lambda a, s: {"type": "direct", "amount_cents": a, "scope": s}, cents, scope_dicts)
 rule_dicts = st.one_of(full_reduction_dicts(), discount_dicts, direct_dicts)
-unscoped_rules = rule_dicts.map(
-    lambda d: coupon_domain.parse_rule({**d, "scope": None})
-)
+unscoped_rules = rule_dicts.map(lambda d: coupon_domain.parse_rule({**d, "scope": None}))
 rules = rule_dicts.map(coupon_domain.parse_rule)
 order_amounts = st.integers(min_value=0, max_value=10 * MAX)
 
@@ -99,16 +95,12 @@ small_scopes = st.one_of(
     st.builds(
         Scope,
         st.just("category"),
-        st.lists(
-            st.sampled_from(["food", "shoes", "socks"]), min_size=1, unique=True
-        ).map(tuple),
+        st.lists(st.sampled_from(["food", "shoes", "socks"]), min_size=1, unique=True).map(tuple),
     ),
     st.builds(
         Scope,
         st.just("product"),
-        st.lists(
-            st.sampled_from(["sku-1", "sku-2", "sku-3"]), min_size=1, unique=True
-        ).map(tuple),
+        st.lists(st.sampled_from(["sku-1", "sku-2", "sku-3"]), min_size=1, unique=True).map(tuple),
     ),
 )
 
@@ -137,40 +129,30 @@ def rules_with_small_scopes(draw: st.DrawFn) -> coupon_domain.Rule:
 
 
 @given(rules_with_small_scopes(), items, st.integers(min_value=0, max_value=10**6))
-def test_discount_never_exceeds_base_or_order(
-    rule: coupon_domain.Rule, basket: list[OrderItem], order: int
-) -> None:
+def test_discount_never_exceeds_base_or_order(rule: coupon_domain.Rule, basket: list[OrderItem], order: int) -> None:
     base = coupon_domain.base_amount(rule, order, basket)
     discount = coupon_domain.discount_for(rule, order, basket)
     assert 0 <= discount <= base <= order
 
 
 @given(rules, order_amounts)
-def test_invariants_hold_for_any_order_amount(
-    rule: coupon_domain.Rule, order: int
-) -> None:
+def test_invariants_hold_for_any_order_amount(rule: coupon_domain.Rule, order: int) -> None:
     base = coupon_domain.base_amount(rule, order)
     discount = coupon_domain.discount_for(rule, order)
     assert 0 <= discount <= base <= order
 
 
 @given(rules_with_small_scopes(), items, st.integers(min_value=0, max_value=10**6))
-def test_threshold_not_met_gives_nothing(
-    rule: coupon_domain.Rule, basket: list[OrderItem], order: int
-) -> None:
+def test_threshold_not_met_gives_nothing(rule: coupon_domain.Rule, basket: list[OrderItem], order: int) -> None:
     base = coupon_domain.base_amount(rule, order, basket)
     if not coupon_domain.threshold_met(rule, base):
         assert coupon_domain.discount_for(rule, order, basket) == 0
 
 
 @given(unscoped_rules, order_amounts, order_amounts)
-def test_discount_is_monotone_in_order_amount(
-    rule: coupon_domain.Rule, a: int, b: int
-) -> None:
+def test_discount_is_monotone_in_order_amount(rule: coupon_domain.Rule, a: int, b: int) -> None:
     low, high = sorted((a, b))
-    assert coupon_domain.discount_for(rule, low) <= coupon_domain.discount_for(
-        rule, high
-    )
+    assert coupon_domain.discount_for(rule, low) <= coupon_domain.discount_for(rule, high)
 
 
 @given(discount_dicts.map(lambda d: {**d, "scope": None}), order_amounts)
@@ -192,10 +174,7 @@ def test_discount_respects_cap_and_rounds_down(d: dict[str, Any], order: int) ->
 def test_rounding_is_floor() -> None:
     assert coupon_domain.discount_for(Discount(15), 999) == 149
     assert coupon_domain.discount_for(Discount(33), 1) == 0
-    assert (
-        coupon_domain.discount_for(Discount(50, max_discount_cents=3000), 10_000)
-        == 3000
-    )
+    assert coupon_domain.discount_for(Discount(50, max_discount_cents=3000), 10_000) == 3000
 
 
 def test_full_reduction_and_direct() -> None:
@@ -276,12 +255,8 @@ def test_api_shapes_parse_with_defaults() -> None:
     assert coupon_domain.parse_rule(
         {"type": "full_reduction", "threshold_cents": 10_000, "amount_cents": 2_000}
     ) == FullReduction(10_000, 2_000, ALL)
-    assert coupon_domain.parse_rule(
-        {"type": "discount", "percent_off": 15}
-    ) == Discount(15)
-    assert coupon_domain.parse_rule(
-        {"type": "direct", "amount_cents": 500, "scope": {"kind": "all"}}
-    ) == Direct(500)
+    assert coupon_domain.parse_rule({"type": "discount", "percent_off": 15}) == Discount(15)
+    assert coupon_domain.parse_rule({"type": "direct", "amount_cents": 500, "scope": {"kind": "all"}}) == Direct(500)
     assert coupon_domain.rule_to_dict(Discount(15)) == {
         "type": "discount",
         "percent_off": 15,
@@ -361,10 +336,7 @@ def test_limits_are_inclusive() -> None:
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-        lambda c: (
-            st.lists(c, max_size=3)
-            | st.dictionaries(st.text(max_size=8), c, max_size=4)
-        ),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=4),
         max_leaves=12,
     )
 )
@@ -409,9 +381,7 @@ def test_parse_validity_fixed_and_relative() -> None:
         "starts_at": "2026-11-22T08:00:00Z",
         "ends_at": "2026-12-01T00:00:00Z",
     }
-    assert coupon_domain.parse_validity(
-        {"kind": "relative", "days": 7}
-    ) == RelativeValidity(7)
+    assert coupon_domain.parse_validity({"kind": "relative", "days": 7}) == RelativeValidity(7)
     assert coupon_domain.validity_to_dict(RelativeValidity(7)) == {
         "kind": "relative",
         "days": 7,
@@ -502,20 +472,13 @@ def test_timestamp_forms() -> None:
     parse = coupon_domain.parse_timestamp
     assert parse("2026-11-22t08:00:00z", "t") == T0
     assert parse("2026-11-22 08:00:00Z", "t") == T0
-    assert parse("2026-11-22T08:00:00.123456789Z", "t") == T0.replace(
-        microsecond=123456
-    )
-    assert (
-        coupon_domain.format_timestamp(T0.replace(microsecond=5))
-        == "2026-11-22T08:00:00.000005Z"
-    )
+    assert parse("2026-11-22T08:00:00.123456789Z", "t") == T0.replace(microsecond=123456)
+    assert coupon_domain.format_timestamp(T0.replace(microsecond=5)) == "2026-11-22T08:00:00.000005Z"
 
 
 @given(
     st.datetimes(timezones=st.just(UTC)),
-    st.timedeltas(
-        min_value=timedelta(microseconds=1), max_value=timedelta(days=10_000)
-    ),
+    st.timedeltas(min_value=timedelta(microseconds=1), max_value=timedelta(days=10_000)),
 )
 def test_validity_round_trip(start: datetime, length: timedelta) -> None:
     try:
@@ -523,10 +486,7 @@ def test_validity_round_trip(start: datetime, length: timedelta) -> None:
     except OverflowError:
         return
     validity = FixedValidity(start, end)
-    assert (
-        coupon_domain.parse_validity(coupon_domain.validity_to_dict(validity))
-        == validity
-    )
+    assert coupon_domain.parse_validity(coupon_domain.validity_to_dict(validity)) == validity
 
 
 def test_validity_window() -> None:
@@ -575,18 +535,10 @@ def test_status_values_are_the_api_strings() -> None:
 
 def test_effective_status() -> None:
     valid_to = T0 + timedelta(days=1)
-    assert (
-        coupon_domain.effective_status(U, valid_to, valid_to - timedelta(seconds=1))
-        is U
-    )
+    assert coupon_domain.effective_status(U, valid_to, valid_to - timedelta(seconds=1)) is U
     assert coupon_domain.effective_status(U, valid_to, valid_to) is E
     for stored in (USED, E, F):
-        assert (
-            coupon_domain.effective_status(
-                stored, valid_to, valid_to + timedelta(days=1)
-            )
-            is stored
-        )
+        assert coupon_domain.effective_status(stored, valid_to, valid_to + timedelta(days=1)) is stored
 
 
 def test_ensure_redeemable() -> None:

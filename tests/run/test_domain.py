@@ -45,9 +45,7 @@ lons = st.floats(-180, 180)
 
 @FAST
 @given(lats, lons, lats, lons)
-def test_haversine_is_a_bounded_symmetric_distance(
-    lat1: float, lon1: float, lat2: float, lon2: float
-) -> None:
+def test_haversine_is_a_bounded_symmetric_distance(lat1: float, lon1: float, lat2: float, lon2: float) -> None:
     d = domain.haversine_m(lat1, lon1, lat2, lon2)
     assert 0.0 <= d <= math.pi * R + 1e-6
     assert d == pytest.approx(domain.haversine_m(lat2, lon2, lat1, lon1))
@@ -100,9 +98,7 @@ def test_encode_decode_round_trip(points: list[TrackPoint]) -> None:
 
 @FAST
 @given(tracks(), st.data())
-def test_append_equals_encoding_the_concatenation(
-    points: list[TrackPoint], data: st.DataObject
-) -> None:
+def test_append_equals_encoding_the_concatenation(points: list[TrackPoint], data: st.DataObject) -> None:
     cuts = sorted(data.draw(st.lists(st.integers(0, len(points)), max_size=3)))
     encoded = b""
     start = 0
@@ -172,10 +168,7 @@ def test_geofence_accepts_altitude_and_tuples() -> None:
 
 
 def circle(n: int) -> list[list[float]]:
-    ring = [
-        [0.01 * math.cos(2 * math.pi * k / n), 0.01 * math.sin(2 * math.pi * k / n)]
-        for k in range(n)
-    ]
+    ring = [[0.01 * math.cos(2 * math.pi * k / n), 0.01 * math.sin(2 * math.pi * k / n)] for k in range(n)]
     return [*ring, ring[0]]
 
 
@@ -423,9 +416,7 @@ def test_too_short(s: Scenario, speed: float) -> None:
 
 @FAST
 @given(scenarios(st.floats(300, 3000)), running_speeds, st.floats(-1.5, 1.5))
-def test_ending_2km_away_is_not_at_destination(
-    s: Scenario, speed: float, turn: float
-) -> None:
+def test_ending_2km_away_is_not_at_destination(s: Scenario, speed: float, turn: float) -> None:
     # The runner ends 2 km from the destination, on its far side.
     r = s.runner
     bearing = math.atan2(r.y, r.x) + math.pi + turn
@@ -441,23 +432,18 @@ DEG_PER_M = 180 / (math.pi * R)
 
 def line(n: int, speed: float, dt_s: float = 1.0, start_ms: int = T0) -> list[TrackPoint]:
     """`n` fixes 1 s apart going east along the equator at `speed` m/s."""
-    return [
-        TrackPoint(start_ms + round(k * dt_s * 1000), 0.0, k * dt_s * speed * DEG_PER_M, 5.0)
-        for k in range(n)
-    ]
+    return [TrackPoint(start_ms + round(k * dt_s * 1000), 0.0, k * dt_s * speed * DEG_PER_M, 5.0) for k in range(n)]
 
 
 def at(points: list[TrackPoint], radius_m: float = 30.0) -> Destination:
     return Destination(points[-1].lat, points[-1].lon, radius_m)
 
 
-def verify(
-    points: list[TrackPoint], min_distance_m: float = 0.0, dest: Destination | None = None
-) -> domain.Verdict:
+def verify(points: list[TrackPoint], min_distance_m: float = 0.0, dest: Destination | None = None) -> domain.Verdict:
     return domain.verify_run(
         points,
         at(points) if dest is None else dest,
-        min_distance_m,
+        min_distance_m=min_distance_m,
         accepted_at_ms=T0,
         deadline_ms=T0 + 86_400_000,
         finished_at_ms=points[-1].ts_ms,
@@ -467,8 +453,7 @@ def verify(
 def test_standing_still_with_jitter_earns_no_distance() -> None:
     rng = random.Random(7)
     points = [
-        TrackPoint(T0 + k * 1000, rng.gauss(0, 3) * DEG_PER_M, rng.gauss(0, 3) * DEG_PER_M, 6.5)
-        for k in range(600)
+        TrackPoint(T0 + k * 1000, rng.gauss(0, 3) * DEG_PER_M, rng.gauss(0, 3) * DEG_PER_M, 6.5) for k in range(600)
     ]
     assert domain.path_length_m(points) > 1000  # raw jitter adds up...
     assert domain.track_length_m(points) < 25  # ... the credited distance does not
@@ -540,5 +525,12 @@ def test_a_gap_without_a_jump_is_fine() -> None:
 def test_empty_track_with_no_minimum_is_still_too_few_points() -> None:
     dest = Destination(0.0, 0.0, 50.0)
     config = VerifyConfig(min_points=0)
-    verdict = domain.verify_run([], dest, 0.0, T0, T0 + 1, T0, config)
+    verdict = domain.verify_run(
+        [], dest, min_distance_m=0.0, accepted_at_ms=T0, deadline_ms=T0 + 1, finished_at_ms=T0, config=config
+    )
     assert verdict == domain.Verdict(False, "too_few_points", 0.0, 0.0)
+
+
+def test_track_length_takes_points_in_time_order() -> None:
+    points = line(50, 3.0)
+    assert domain.track_length_m(points[::-1]) == domain.track_length_m(points)
