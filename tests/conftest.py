@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
