@@ -3,12 +3,13 @@
 Layout of the (positive, signed 64-bit) id, most significant first::
 
     41 bits  milliseconds since 2025-01-01T00:00:00Z   (~69 years)
-     8 bits  shard (0..255; user coupons use ``user_id % 16`` today)
      8 bits  node (0..255; one per running process, leased from Redis)
-     6 bits  sequence within the millisecond (per node and shard)
+     8 bits  sequence within the millisecond (256 ids/ms = 256k ids/s per process)
+     6 bits  shard (0..63; user coupons use ``user_id % 16`` today)
 
-Ids from one process are strictly increasing; ids from several processes are ordered by the
-millisecond they were made in (k-sorted), and never collide while the node numbers differ.
+The shard sits in the lowest bits so that ids from one process are strictly increasing whatever
+shard they carry; ids from several processes are ordered by the millisecond they were made in
+(k-sorted), and never collide while the node numbers differ.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import time
 from dataclasses import dataclass
 
 EPOCH_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
-TS_BITS, SHARD_BITS, NODE_BITS, SEQ_BITS = 41, 8, 8, 6
+TS_BITS, NODE_BITS, SEQ_BITS, SHARD_BITS = 41, 8, 8, 6
 MAX_SHARD = (1 << SHARD_BITS) - 1
 MAX_NODE = (1 << NODE_BITS) - 1
 MAX_SEQ = (1 << SEQ_BITS) - 1
-SEQ_SHIFT = 0
-NODE_SHIFT = SEQ_BITS
-SHARD_SHIFT = SEQ_BITS + NODE_BITS
-TS_SHIFT = SEQ_BITS + NODE_BITS + SHARD_BITS
+SHARD_SHIFT = 0
+SEQ_SHIFT = SHARD_BITS
+NODE_SHIFT = SHARD_BITS + SEQ_BITS
+TS_SHIFT = SHARD_BITS + SEQ_BITS + NODE_BITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ class IdGenerator:
         if not 0 <= shard <= MAX_SHARD:
             raise ValueError(f"shard must be in 0..{MAX_SHARD}")
         ms, seq = self._tick()
-        return (ms << TS_SHIFT) | (shard << SHARD_SHIFT) | (self.node << NODE_SHIFT) | seq
+        return (ms << TS_SHIFT) | (self.node << NODE_SHIFT) | (seq << SEQ_SHIFT) | shard
 
 
 def parse_id(value: int) -> IdParts:
@@ -80,7 +81,7 @@ def parse_id(value: int) -> IdParts:
         ms=(value >> TS_SHIFT) + EPOCH_MS,
         shard=(value >> SHARD_SHIFT) & MAX_SHARD,
         node=(value >> NODE_SHIFT) & MAX_NODE,
-        seq=value & MAX_SEQ,
+        seq=(value >> SEQ_SHIFT) & MAX_SEQ,
     )
 
 
@@ -91,7 +92,7 @@ def shard_of(value: int) -> int:
 
 def parse_id_str(text: str) -> int | None:
     """An id from its API string form, or None when it is not a positive 63-bit integer."""
-    if not text.isdigit() or len(text) > 19:
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         return None
     value = int(text)
     return value if 0 < value < (1 << 63) else None

@@ -107,7 +107,7 @@ class ConsumerWorker:
 
     Delivery is at-least-once: a batch whose handler failed is retried from its first offset (with
     backoff); after ``max_attempts`` it is logged and skipped, so one poison batch cannot stop a group.
-    Handlers must be idempotent (see :func:`picool.outbox.first_deliveries`).
+    Handlers must be idempotent (see :func:`picool.outbox.fresh_messages`).
     """
 
     def __init__(

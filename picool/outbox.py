@@ -21,7 +21,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from picool.db import Base
 from picool.events import encode_envelope
-from picool.kafka import KafkaBus
+from picool.kafka import KafkaBus, Message
 from picool.settings import Settings
 
 log = logging.getLogger("picool.outbox")
@@ -79,6 +79,19 @@ async def first_deliveries(session: AsyncSession, consumer: str, event_ids: Sequ
         {"c": consumer, "ids": list(dict.fromkeys(event_ids))},
     )
     return {r[0] for r in rows}
+
+
+async def fresh_messages(session: AsyncSession, consumer: str, messages: Sequence[Message]) -> list[Message]:
+    """The messages of a batch that ``consumer`` has not applied before, each event id once.
+
+    A batch can hold the same event twice (a relay re-sent it); this returns one copy. Call it in the
+    same transaction as the effect.
+    """
+    unique: dict[str, Message] = {}
+    for m in messages:
+        unique.setdefault(m.envelope.id, m)
+    fresh = await first_deliveries(session, consumer, list(unique))
+    return [m for eid, m in unique.items() if eid in fresh]
 
 
 class OutboxRelay:
