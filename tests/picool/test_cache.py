@@ -1,0 +1,121 @@
+"""The two-level cache: negative caching, one rebuild at a time, invalidation across processes, no stale write-back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import msgspec
+from redis.asyncio import Redis
+
+from picool.cache import CacheBus, TwoLevelCache
+from picool.kernel import Kernel
+from picool.testing import wait_for
+
+
+class Item(msgspec.Struct):
+    name: str
+    n: int
+
+
+def _pair(kernel: Kernel, name: str) -> tuple[TwoLevelCache[Item], TwoLevelCache[Item], CacheBus, Redis]:
+    """Two caches of one name as two processes would have them: separate clients, buses and local levels."""
+    local = kernel.cache(name, Item, local_ttl_s=60)
+    other_redis = Redis.from_url(kernel.settings.redis_url)
+    other_bus = CacheBus(other_redis)
+    remote: TwoLevelCache[Item] = TwoLevelCache(name, other_bus, Item, local_ttl_s=60)
+    return local, remote, other_bus, other_redis
+
+
+async def test_read_through_levels_and_negative_caching(client: httpx.AsyncClient, kernel: Kernel) -> None:
+    cache = kernel.cache("t.levels", Item)
+    calls = 0
+
+    async def load_none() -> Item | None:
+        nonlocal calls
+        calls += 1
+        return None
+
+    assert await cache.get("missing", load_none) is None
+    assert await cache.get("missing", load_none) is None
+    cache.clear_local()
+    assert await cache.get("missing", load_none) is None  # from Redis: still no load
+    assert calls == 1
+    assert cache.stats.local_hits >= 1 and cache.stats.redis_hits >= 1
+
+    async def load_item() -> Item:
+        return Item("a", 1)
+
+    assert await cache.get("k", load_item) == Item("a", 1)
+    ttl_ms = await kernel.redis.pttl(cache._k("k"))
+    assert 0.79 * cache.redis_ttl_s * 1000 <= ttl_ms <= 1.2 * cache.redis_ttl_s * 1000  # jittered
+
+
+async def test_one_rebuild_for_many_concurrent_misses(client: httpx.AsyncClient, kernel: Kernel) -> None:
+    local, remote, bus, redis = _pair(kernel, "t.flight")
+    await bus.start()
+    calls = 0
+
+    async def slow_load() -> Item:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.2)
+        return Item("x", 7)
+
+    try:
+        results = await asyncio.gather(
+            *[local.get("hot", slow_load) for _ in range(50)], *[remote.get("hot", slow_load) for _ in range(50)]
+        )
+        assert all(r == Item("x", 7) for r in results)
+        assert calls == 1  # one per process at most, and the other process waited for Redis
+    finally:
+        await bus.stop()
+        await redis.aclose()
+
+
+async def test_invalidation_reaches_other_processes(client: httpx.AsyncClient, kernel: Kernel) -> None:
+    local, remote, bus, redis = _pair(kernel, "t.inv")
+    await bus.start()
+    version = 1
+
+    async def load() -> Item:
+        return Item("v", version)
+
+    try:
+        assert (await local.get("k", load)).n == 1  # type: ignore[union-attr]
+        assert (await remote.get("k", load)).n == 1  # type: ignore[union-attr]
+        version = 2
+        await local.invalidate("k")
+        assert (await local.get("k", load)).n == 2  # type: ignore[union-attr]
+
+        async def remote_sees_new() -> bool:
+            item = await remote.get("k", load)
+            return item is not None and item.n == 2
+
+        await wait_for(remote_sees_new, timeout_s=5)
+    finally:
+        await bus.stop()
+        await redis.aclose()
+
+
+async def test_slow_reader_cannot_write_back_a_stale_value(client: httpx.AsyncClient, kernel: Kernel) -> None:
+    cache = kernel.cache("t.stale", Item)
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_stale_load() -> Item:
+        started.set()
+        await release.wait()
+        return Item("old", 1)
+
+    reader = asyncio.create_task(cache.get("k", slow_stale_load))
+    await started.wait()
+    await cache.invalidate("k")  # the row changed while the reader was loading
+    release.set()
+    assert await reader == Item("old", 1)  # the reader gets what it read...
+    assert await kernel.redis.get(cache._k("k")) is None  # ...but it was not stored for anyone else
+
+    async def fresh() -> Item:
+        return Item("new", 2)
+
+    assert await cache.get("k", fresh) == Item("new", 2)
