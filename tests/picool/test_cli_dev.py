@@ -60,7 +60,7 @@ def test_dev_starts_and_stops_cleanly(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
         log.close()
-    gone, alive = psutil.wait_procs(children, timeout=10)
-    assert not alive, f"left behind: {[p.info if hasattr(p, 'info') else p for p in alive]}"
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"left behind: {alive}"
     assert not (data_dir / "stack.json").exists()
     assert (data_dir / "pg" / "PG_VERSION").exists()  # data kept for the next start
