@@ -8,15 +8,16 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.config.app import AppConfig
+from litestar.config.cors import CORSConfig
 from litestar.di import Provide
-from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 import auth.app as auth_app
 import coupon.app as coupon_app
 import run.app as run_app
-from gateway import health
+from gateway import edge, health
+from gateway import metrics as gateway_metrics
 from picool import errors, web
 from picool.kernel import Kernel
 from picool.logs import configure_logging
@@ -47,7 +48,7 @@ def create_app(settings: Settings | None = None, subsystems: Sequence[str] | Non
         finally:
             await kernel.stop()
 
-    handlers: list[Any] = [health.healthz, health.readyz]
+    handlers: list[Any] = [health.healthz, health.readyz, health.ping, gateway_metrics.metrics_endpoint]
     for sub in mounted:
         handlers += sub.route_handlers
 
@@ -60,7 +61,15 @@ def create_app(settings: Settings | None = None, subsystems: Sequence[str] | Non
             "identity": Provide(web.provide_identity),
             "kernel": Provide(web.provide_kernel, sync_to_thread=False),
         },
-        middleware=[DefineMiddleware(web.RequestIdMiddleware), DefineMiddleware(web.EdgeAuthMiddleware)],
+        cors_config=CORSConfig(
+            allow_origins=settings.csv(settings.cors_origins),
+            allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key"],
+            expose_headers=["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After"],
+            allow_credentials=True,
+            max_age=600,
+        ),
+        request_max_body_size=settings.max_body_bytes,
         exception_handlers=errors.exception_handlers(),
         openapi_config=OpenAPIConfig(
             title="Picool",
@@ -76,6 +85,9 @@ def create_app(settings: Settings | None = None, subsystems: Sequence[str] | Non
         debug=False,
         logging_config=None,
     )
+    # The edge wraps Litestar's whole ASGI handler, not a route's, so unmatched paths (404/405) get
+    # request ids, security headers, rate limits and metrics too.
+    app.asgi_handler = web.RequestIdMiddleware(web.EdgeAuthMiddleware(edge.EdgeMiddleware(app.asgi_handler)))
     app.state.kernel = kernel
     app.state.settings = settings
     return app

@@ -33,3 +33,9 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
         }
         return Response(body, status_code=503, media_type="application/problem+json")
     return Response({"status": "ready", "checks": checks}, status_code=200)
+
+
+@get("/api/v1/ping", sync_to_thread=False, tags=["health"])
+def ping() -> dict[str, bool]:
+    """A trivial endpoint behind the whole edge (rate limits, metrics): the benchmarks' ceiling."""
+    return {"pong": True}

@@ -146,6 +146,11 @@ class Kernel:
         self.started = True
         log.info("kernel started", extra={"node": node, "workers": run_workers})
 
+    @property
+    def consumers(self) -> list[ConsumerWorker]:
+        """The Kafka consumers running in this process."""
+        return list(self._consumers)
+
     async def start_minimal(self) -> None:
         """Connect only PostgreSQL and Redis (for admin commands: no Kafka, no workers)."""
         await self.redis.ping()

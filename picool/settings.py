@@ -55,6 +55,11 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "auto"  # json | text | auto (text in dev, json elsewhere)
     workers_enabled: bool = True
+    # "group:ip=N/SECONDS,user=N/SECONDS;group2:..." (see gateway/edge.py for the groups)
+    rate_limits: str = "default:ip=1200/60,user=600/60;auth:ip=60/60"
+    request_timeout_s: int = 30
+    max_body_bytes: int = 1_048_576
+    trusted_proxies: str = ""  # CSV of peer IPs whose X-Forwarded-For is believed
     node_id: int = -1
     extra: Mapping[str, str] = field(default_factory=dict)
 

@@ -106,6 +106,22 @@ class EdgeAuthMiddleware:
         await self.app(scope, receive, send)
 
 
+def client_ip(scope: Scope, trusted_proxies: frozenset[str]) -> str:
+    """The caller's IP: the peer address, or the last untrusted hop of X-Forwarded-For when the peer is a
+    trusted proxy (so a client cannot spoof its address through an untrusted hop)."""
+    peer = (scope.get("client") or ("", 0))[0] or "unknown"
+    if peer not in trusted_proxies:
+        return str(peer)
+    for k, v in scope["headers"]:
+        if k == b"x-forwarded-for":
+            hops = [h.strip() for h in v.decode("latin-1").split(",") if h.strip()]
+            for hop in reversed(hops):
+                if hop not in trusted_proxies:
+                    return hop
+            return hops[0] if hops else str(peer)
+    return str(peer)
+
+
 def identity_of(request: Request[Any, Any, Any]) -> Identity:
     """The caller's identity, or a 401 problem."""
     state = request.scope.get("state", {})

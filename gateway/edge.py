@@ -1,0 +1,188 @@
+"""Edge hygiene for every request: security headers, a request timeout, rate limits and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from picool import metrics
+from picool.kernel import Kernel
+from picool.ratelimit import Decision, Limit, RateLimiter
+from picool.settings import Settings
+from picool.tokens import Identity
+from picool.web import client_ip
+
+log = logging.getLogger("picool.edge")
+
+EXEMPT = ("/healthz", "/readyz", "/metrics")
+# Route groups, first match wins. Login-like endpoints get their own (tighter) group.
+GROUPS: list[tuple[str, tuple[str, ...]]] = [
+    (
+        "auth",
+        ("/api/v1/auth/login", "/api/v1/auth/register", "/api/v1/auth/merchants", "/oauth2/token", "/login"),
+    ),
+    ("default", ("/",)),
+]
+
+
+def _problem(status: int, code: str, title: str, detail: str, headers: dict[str, str] | None = None) -> list[Message]:
+    body = json.dumps({"type": f"https://picool.dev/problems/{code}", "title": title, "status": status,
+                       "detail": detail, "code": code}).encode()  # fmt: skip
+    raw = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    return [
+        {"type": "http.response.start", "status": status, "headers": raw},
+        {"type": "http.response.body", "body": body, "more_body": False},
+    ]
+
+
+@dataclass(frozen=True)
+class GroupLimits:
+    """The per-IP and per-user limits of one route group."""
+
+    ip: Limit | None
+    user: Limit | None
+
+
+def parse_rate_limits(spec: str) -> dict[str, GroupLimits]:
+    """Parse ``PICOOL_RATE_LIMITS`` (``group:ip=N/S,user=N/S;...``)."""
+    out: dict[str, GroupLimits] = {}
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        group, _, rest = part.partition(":")
+        limits: dict[str, Limit] = {}
+        for item in filter(None, (i.strip() for i in rest.split(","))):
+            by, _, value = item.partition("=")
+            if by not in {"ip", "user"}:
+                raise ValueError(f"PICOOL_RATE_LIMITS: unknown key {by!r} in {part!r} (use ip= or user=)")
+            limits[by] = Limit.parse(value)
+        out[group.strip()] = GroupLimits(limits.get("ip"), limits.get("user"))
+    return out
+
+
+def group_of(path: str) -> str:
+    """The rate-limit group of ``path``."""
+    for name, prefixes in GROUPS:
+        if any(path == p or path.startswith(p.rstrip("/") + "/") or p == "/" for p in prefixes):
+            return name
+    return "default"
+
+
+class EdgeMiddleware:
+    """Outermost-but-one layer (inside the request-id middleware, after the token check).
+
+    - rate limits per IP and per user for the request's route group → 429 problem with ``Retry-After``
+      and ``RateLimit-*`` headers (the headers are on admitted responses too);
+    - security headers on every response;
+    - a request timeout → 504 problem if the handler has not started answering in time;
+    - request count and latency per route template.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._limits: dict[str, GroupLimits] | None = None
+        self._limiter: RateLimiter | None = None
+        self._trusted: frozenset[str] = frozenset()
+        self._settings: Settings | None = None
+
+    def _setup(self, scope: Scope) -> None:
+        kernel: Kernel = scope["app"].state.kernel
+        self._settings = kernel.settings
+        self._limits = parse_rate_limits(kernel.settings.rate_limits)
+        self._limiter = RateLimiter(kernel.redis)
+        self._trusted = frozenset(kernel.settings.csv(kernel.settings.trusted_proxies))
+
+    async def _check_limits(self, scope: Scope) -> Decision | None:
+        assert self._limits is not None and self._limiter is not None
+        path: str = scope["path"]
+        group = group_of(path)
+        limits = self._limits.get(group) or self._limits.get("default")
+        if limits is None:
+            return None
+        tightest: Decision | None = None
+        ident = scope.get("state", {}).get("identity")
+        checks: list[tuple[str, str, Limit]] = []
+        if limits.ip is not None:
+            checks.append(("ip", f"{group}:ip:{client_ip(scope, self._trusted)}", limits.ip))
+        if limits.user is not None and isinstance(ident, Identity):
+            checks.append(("user", f"{group}:user:{ident.user_id}", limits.user))
+        for by, key, limit in checks:
+            try:
+                decision = await self._limiter.hit(key, limit)
+            except Exception:
+                log.warning("rate limiter unavailable; admitting", exc_info=True)
+                return None
+            if not decision.allowed:
+                metrics.RATE_LIMITED.labels(group, by).inc()
+                return decision
+            if tightest is None or decision.remaining < tightest.remaining:
+                tightest = decision
+        return tightest
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        if self._settings is None:
+            self._setup(scope)
+        assert self._settings is not None
+        settings = self._settings
+        start = time.perf_counter()
+        status = 500
+        started = False
+        decision: Decision | None = None
+        exempt = scope["path"] in EXEMPT or scope["method"] == "OPTIONS"
+        if not exempt:
+            decision = await self._check_limits(scope)
+        extra = dict(decision.headers()) if decision is not None else {}
+        secure = [
+            (b"x-content-type-options", b"nosniff"),
+            (b"x-frame-options", b"DENY"),
+            (b"referrer-policy", b"no-referrer"),
+            (b"cross-origin-opener-policy", b"same-origin"),
+        ]
+        if not settings.is_dev:
+            secure.append((b"strict-transport-security", b"max-age=31536000; includeSubDomains"))
+        extra_raw = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in secure if k not in names]
+                headers += extra_raw
+                if b"content-type" in names:
+                    ctype = dict(headers).get(b"content-type", b"")
+                    if b"json" in ctype and b"content-security-policy" not in names:
+                        headers.append((b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            if decision is not None and not decision.allowed:
+                for msg in _problem(429, "rate_limited", "Too many requests",
+                                    f"Rate limit exceeded; retry in {decision.retry_after_s}s."):  # fmt: skip
+                    await send_wrapper(msg)
+                return
+            try:
+                await asyncio.wait_for(self.app(scope, receive, send_wrapper), timeout=settings.request_timeout_s)
+            except TimeoutError:
+                log.warning("request timed out: %s %s", scope["method"], scope["path"])
+                if not started:
+                    for msg in _problem(504, "gateway_timeout", "Gateway timeout",
+                                        f"The request took longer than {settings.request_timeout_s}s."):  # fmt: skip
+                        await send_wrapper(msg)
+        finally:
+            route = scope.get("path_template") or ("unmatched" if status == 404 else scope["path"])
+            if status == 404 and not scope.get("path_template"):
+                route = "unmatched"
+            metrics.REQUESTS.labels(scope["method"], route, str(status)).inc()
+            metrics.LATENCY.labels(scope["method"], route).observe(time.perf_counter() - start)

@@ -1,0 +1,108 @@
+"""Sliding-window rate limits in Redis: exact under concurrency (one Lua script per check).
+
+A limit "N per W seconds" means: in any window of W seconds, at most N requests are let through.
+Each key holds a sorted set of the admitted requests' timestamps; the script drops the ones that left
+the window, counts the rest and admits the request only if the count is below N. The script touches
+one key, so it works unchanged on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+# KEYS[1]: the window set. ARGV: now_ms, window_ms, limit, member.
+# Returns {admitted(0/1), count_after, oldest_ms}.
+_SLIDING = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+local admitted = 0
+if count < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  count = count + 1
+  admitted = 1
+end
+redis.call('PEXPIRE', KEYS[1], window)
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local oldest_ms = now
+if oldest[2] then oldest_ms = tonumber(oldest[2]) end
+return {admitted, count, oldest_ms}
+"""
+
+_SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+class RateLimitSpecError(ValueError):
+    """A rate-limit specification could not be parsed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """At most ``limit`` requests in any ``window_s`` seconds."""
+
+    limit: int
+    window_s: int
+
+    @classmethod
+    def parse(cls, text: str) -> Limit:
+        """Parse ``"N/W"`` (N requests per W seconds)."""
+        m = _SPEC.match(text)
+        if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+            raise RateLimitSpecError(f"rate limit must look like N/SECONDS, got {text!r}")
+        return cls(int(m.group(1)), int(m.group(2)))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one check, with what the ``RateLimit-*`` headers need."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: int
+    retry_after_s: int
+
+    def headers(self) -> dict[str, str]:
+        """``RateLimit-Limit``, ``RateLimit-Remaining``, ``RateLimit-Reset`` (and ``Retry-After`` when refused)."""
+        h = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_s),
+        }
+        if not self.allowed:
+            h["Retry-After"] = str(self.retry_after_s)
+        return h
+
+
+class RateLimiter:
+    """Checks sliding-window limits for arbitrary keys."""
+
+    def __init__(self, redis: Redis, prefix: str = "picool:rl:") -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self._script = redis.register_script(_SLIDING)
+
+    async def hit(self, key: str, limit: Limit) -> Decision:
+        """Count one request for ``key`` against ``limit``; admitted requests are the only ones counted."""
+        now_ms = int(time.time() * 1000)
+        window_ms = limit.window_s * 1000
+        admitted, count, oldest_ms = await self._script(
+            keys=[f"{self.prefix}{key}"], args=[now_ms, window_ms, limit.limit, f"{now_ms}:{uuid.uuid4().hex[:8]}"]
+        )
+        reset_ms = max(0, int(oldest_ms) + window_ms - now_ms)
+        reset_s = max(1, math.ceil(reset_ms / 1000))
+        return Decision(
+            allowed=bool(admitted),
+            limit=limit.limit,
+            remaining=max(0, limit.limit - int(count)),
+            reset_s=reset_s,
+            retry_after_s=reset_s,
+        )
