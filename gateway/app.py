@@ -16,7 +16,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 import auth.app as auth_app
 import coupon.app as coupon_app
 import run.app as run_app
-from gateway import edge, health
+from gateway import edge, health, proxy
 from gateway import metrics as gateway_metrics
 from picool import errors, web
 from picool.kernel import Kernel
@@ -36,6 +36,14 @@ def create_app(settings: Settings | None = None, subsystems: Sequence[str] | Non
     if unknown:
         raise ValueError(f"unknown subsystem(s): {', '.join(unknown)}")
     kernel = Kernel(settings)
+    upstreams: list[proxy.Upstream] = []
+    if settings.extra.get("gateway_proxy"):
+        # Split deployment: subsystems with an upstream URL are forwarded, the rest served here.
+        for name in list(names):
+            url = settings.extra.get(f"upstream_{name}")
+            if url:
+                upstreams.append(proxy.Upstream(name, url))
+                names.remove(name)
     mounted: list[Subsystem] = [SUBSYSTEMS[n](kernel) for n in names]
     kernel.subsystems = mounted
 
@@ -46,11 +54,15 @@ def create_app(settings: Settings | None = None, subsystems: Sequence[str] | Non
         try:
             yield
         finally:
+            for up in upstreams:
+                await up.close()
             await kernel.stop()
 
     handlers: list[Any] = [health.healthz, health.readyz, health.ping, gateway_metrics.metrics_endpoint]
     for sub in mounted:
         handlers += sub.route_handlers
+    for up in upstreams:
+        handlers += proxy.proxy_handlers(up)
 
     app = Litestar(
         route_handlers=handlers,
