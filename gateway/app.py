@@ -42,7 +42,11 @@ def create_app(settings: Settings | None = None, subsystems: Sequence[str] | Non
         for name in list(names):
             url = settings.extra.get(f"upstream_{name}")
             if url:
-                upstreams.append(proxy.Upstream(name, url))
+                upstreams.append(
+                    proxy.Upstream(
+                        name, url, read_timeout_s=settings.upstream_timeout_s, retries=settings.upstream_retries
+                    )
+                )
                 names.remove(name)
     mounted: list[Subsystem] = [SUBSYSTEMS[n](kernel) for n in names]
     kernel.subsystems = mounted

@@ -107,7 +107,7 @@ class Upstream:
                     await _send_problem(send, 502, "bad_gateway", "Bad gateway",
                                         f"The {self.name} service is unreachable.")  # fmt: skip
                     return
-                await asyncio.sleep(0.05 * (attempt + 1))
+                await asyncio.sleep(min(1.0, 0.1 * 2**attempt))
             except httpx.TimeoutException:
                 await _send_problem(send, 504, "gateway_timeout", "Gateway timeout",
                                     f"The {self.name} service did not answer in time.")  # fmt: skip

@@ -58,6 +58,8 @@ class Settings:
     # "group:ip=N/SECONDS,user=N/SECONDS;group2:..." (see gateway/edge.py for the groups)
     rate_limits: str = "default:ip=1200/60,user=600/60;auth:ip=60/60"
     request_timeout_s: int = 30
+    upstream_retries: int = 2  # extra attempts for idempotent requests when the connection is refused
+    upstream_timeout_s: float = 25.0  # split deployment: how long the gateway waits for a subsystem
     max_body_bytes: int = 1_048_576
     trusted_proxies: str = ""  # CSV of peer IPs whose X-Forwarded-For is believed
     node_id: int = -1
@@ -89,6 +91,11 @@ class Settings:
                     values[name] = int(raw)
                 except ValueError as exc:
                     raise SettingsError(f"{key}: expected an integer, got {raw!r}") from exc
+            elif isinstance(default, float):
+                try:
+                    values[name] = float(raw)
+                except ValueError as exc:
+                    raise SettingsError(f"{key}: expected a number, got {raw!r}") from exc
             else:
                 values[name] = raw
         values["extra"] = extra
