@@ -110,6 +110,7 @@ class TokenVerifier:
         self._keys: dict[str, PyJWK] = {}
         self._last_fetch = 0.0
         self._fetch_lock = asyncio.Lock()
+        self.verifications = 0  # how many tokens this verifier checked (the edge must check each once)
 
     async def refresh(self, *, force: bool = False) -> None:
         """Fetch the JWKS again (rate-limited unless ``force``)."""
@@ -141,6 +142,7 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Identity:
         """The identity in ``token``, or :class:`TokenError`."""
+        self.verifications += 1
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
