@@ -6,11 +6,21 @@ import time
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth import domain, schemas, service
-from auth.controllers._common import NO_STORE, SSO_COOKIE, clear_sso_cookie, client_ip, sso_cookie
+from auth.controllers._common import (
+    NO_STORE,
+    SSO_COOKIE,
+    DbSession,
+    IdentityDep,
+    KernelDep,
+    clear_sso_cookie,
+    client_ip,
+    sso_cookie,
+)
 from picool.errors import Forbidden, NotFound
 from picool.ids import parse_id_str
 from picool.kernel import Kernel
@@ -26,7 +36,7 @@ class AuthController(Controller):
 
     @post("/register", status_code=HTTP_201_CREATED)
     async def register(
-        self, data: schemas.RegisterRunner, db_session: AsyncSession, kernel: Kernel
+        self, data: JSONBody[schemas.RegisterRunner], db_session: DbSession, kernel: KernelDep
     ) -> schemas.UserCreated:
         """Create a runner account. 409 ``email_taken``."""
         user = await service.register_runner(
@@ -36,7 +46,7 @@ class AuthController(Controller):
 
     @post("/merchants", status_code=HTTP_201_CREATED)
     async def register_merchant(
-        self, data: schemas.RegisterMerchant, db_session: AsyncSession, kernel: Kernel
+        self, data: JSONBody[schemas.RegisterMerchant], db_session: DbSession, kernel: KernelDep
     ) -> schemas.MerchantCreated:
         """Create a merchant and its owner account (role ``merchant``). 409 ``email_taken``."""
         merchant, user = await service.register_merchant(
@@ -54,7 +64,11 @@ class AuthController(Controller):
 
     @post("/login", status_code=HTTP_200_OK)
     async def login(
-        self, request: Request[Any, Any, Any], data: schemas.LoginRequest, db_session: AsyncSession, kernel: Kernel
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[schemas.LoginRequest],
+        db_session: DbSession,
+        kernel: KernelDep,
     ) -> Response[schemas.TokenResponse]:
         """Sign in from a first-party app: the token response plus an SSO session cookie.
 
@@ -70,14 +84,14 @@ class AuthController(Controller):
             email=data.email,
             password=data.password,
             client_id=data.client_id,
-            ip=client_ip(request),
+            ip=client_ip(request, kernel.settings),
         )
         body = schemas.TokenResponse(**tokens.as_dict())
         return Response(body, headers=NO_STORE, cookies=[sso_cookie(kernel.settings, signed.cookie)])
 
     @post("/logout", status_code=HTTP_204_NO_CONTENT)
     async def logout(
-        self, request: Request[Any, Any, Any], identity: Identity, db_session: AsyncSession, kernel: Kernel
+        self, request: Request[Any, Any, Any], identity: IdentityDep, db_session: DbSession, kernel: KernelDep
     ) -> Response[None]:
         """End the SSO session, revoke the refresh-token family and this access token."""
         svc = service.services_of(kernel)
@@ -99,7 +113,7 @@ class AuthController(Controller):
         return Response(None, status_code=HTTP_204_NO_CONTENT, cookies=[clear_sso_cookie(kernel.settings)])
 
     @get("/me")
-    async def me(self, identity: Identity, db_session: AsyncSession) -> schemas.Me:
+    async def me(self, identity: IdentityDep, db_session: DbSession) -> schemas.Me:
         """The signed-in account."""
         require_role(identity, "runner", "merchant", "operator")
         user = await service.get_user(db_session, _user_id(identity))
@@ -115,14 +129,14 @@ class AuthController(Controller):
 
     @post("/users/{user_id:str}/freeze", status_code=HTTP_200_OK)
     async def freeze(
-        self, user_id: str, identity: Identity, db_session: AsyncSession, kernel: Kernel
+        self, user_id: FromPath[str], identity: IdentityDep, db_session: DbSession, kernel: KernelDep
     ) -> schemas.AccountStatus:
         """Operator: freeze a suspicious account (its tokens stop working at once, sign-in is refused)."""
         return await _set_frozen(user_id, True, identity, db_session, kernel)
 
     @post("/users/{user_id:str}/unfreeze", status_code=HTTP_200_OK)
     async def unfreeze(
-        self, user_id: str, identity: Identity, db_session: AsyncSession, kernel: Kernel
+        self, user_id: FromPath[str], identity: IdentityDep, db_session: DbSession, kernel: KernelDep
     ) -> schemas.AccountStatus:
         """Operator: lift a freeze (the account must sign in again)."""
         return await _set_frozen(user_id, False, identity, db_session, kernel)
@@ -149,14 +163,14 @@ async def _set_frozen(
 
 
 @get("/.well-known/jwks.json", tags=["auth"])
-async def jwks(kernel: Kernel) -> Response[dict[str, Any]]:
+async def jwks(kernel: KernelDep) -> Response[dict[str, Any]]:
     """The public signing keys (current and recently retired), for verifying access tokens."""
     keys = await service.services_of(kernel).keys.jwks()
     return Response(keys, headers={"Cache-Control": "public, max-age=60"}, media_type="application/jwk-set+json")
 
 
 @get("/.well-known/oauth-authorization-server", tags=["auth"])
-async def metadata(kernel: Kernel) -> dict[str, Any]:
+async def metadata(kernel: KernelDep) -> dict[str, Any]:
     """RFC 8414 authorization server metadata."""
     base = kernel.settings.base_url
     auth_methods = ["client_secret_basic", "client_secret_post", "none"]

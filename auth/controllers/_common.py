@@ -6,18 +6,28 @@ from typing import Any
 
 from litestar import Request
 from litestar.datastructures import Cookie
+from litestar.di import NamedDependency
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth.service import _sessions
+from picool import web
+from picool.kernel import Kernel
 from picool.settings import Settings
+from picool.tokens import Identity
+
+# Handler parameters filled by the app's named dependencies (picool.web).
+DbSession = NamedDependency[AsyncSession]
+KernelDep = NamedDependency[Kernel]
+IdentityDep = NamedDependency[Identity]
 
 SSO_COOKIE = "picool_sso"
 CSRF_COOKIE = "picool_csrf"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def client_ip(request: Request[Any, Any, Any]) -> str:
-    """The peer address the throttle counts (the socket peer; proxies are not trusted here)."""
-    return request.client.host if request.client else "unknown"
+def client_ip(request: Request[Any, Any, Any], settings: Settings) -> str:
+    """The caller's address as the login throttle counts it (X-Forwarded-For only from trusted proxies)."""
+    return web.client_ip(request.scope, frozenset(settings.csv(settings.trusted_proxies)))
 
 
 def sso_cookie(settings: Settings, value: str) -> Cookie:

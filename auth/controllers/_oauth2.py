@@ -9,14 +9,12 @@ from urllib.parse import unquote_plus, urlencode
 
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.response import Redirect
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth import service
-from auth.controllers._common import NO_STORE, SSO_COOKIE, single_valued_form
+from auth.controllers._common import NO_STORE, SSO_COOKIE, DbSession, KernelDep, single_valued_form
 from auth.controllers._pages import render
 from auth.models import OAuthClient
 from auth.service import OAuthError
-from picool.kernel import Kernel
 
 
 def _oauth_error(exc: OAuthError, *, basic: bool = False) -> Response[dict[str, str]]:
@@ -46,7 +44,7 @@ def _basic_credentials(request: Request[Any, Any, Any]) -> tuple[str, str] | Non
 
 
 async def _read_client_request(
-    request: Request[Any, Any, Any], db_session: AsyncSession
+    request: Request[Any, Any, Any], db_session: DbSession
 ) -> tuple[OAuthClient, dict[str, str]]:
     """The authenticated client and the form of a token/revoke/introspect request."""
     if (request.content_type[0] or "") != "application/x-www-form-urlencoded":
@@ -74,7 +72,7 @@ class OAuth2Controller(Controller):
 
     @get("/authorize", media_type=MediaType.HTML)
     async def authorize(
-        self, request: Request[Any, Any, Any], db_session: AsyncSession, kernel: Kernel
+        self, request: Request[Any, Any, Any], db_session: DbSession, kernel: KernelDep
     ) -> Response[Any]:
         """Authorization code flow: back to the client with a code when an SSO session is live, else to /login."""
         svc = service.services_of(kernel)
@@ -99,7 +97,7 @@ class OAuth2Controller(Controller):
         return Redirect("/login?" + urlencode({"next": here}), status_code=302, headers=NO_STORE)
 
     @post("/token", status_code=200)
-    async def token(self, request: Request[Any, Any, Any], db_session: AsyncSession, kernel: Kernel) -> Response[Any]:
+    async def token(self, request: Request[Any, Any, Any], db_session: DbSession, kernel: KernelDep) -> Response[Any]:
         """Token endpoint: authorization_code (PKCE), refresh_token (rotating), client_credentials."""
         basic = request.headers.get("authorization", "").lower().startswith("basic ")
         try:
@@ -110,7 +108,7 @@ class OAuth2Controller(Controller):
         return Response(tokens.as_dict(), headers=NO_STORE, media_type=MediaType.JSON)
 
     @post("/revoke", status_code=200)
-    async def revoke(self, request: Request[Any, Any, Any], db_session: AsyncSession, kernel: Kernel) -> Response[Any]:
+    async def revoke(self, request: Request[Any, Any, Any], db_session: DbSession, kernel: KernelDep) -> Response[Any]:
         """RFC 7009: 200 whether or not the token was known (a refresh token takes its family with it)."""
         basic = request.headers.get("authorization", "").lower().startswith("basic ")
         try:
@@ -127,7 +125,7 @@ class OAuth2Controller(Controller):
 
     @post("/introspect", status_code=200)
     async def introspect(
-        self, request: Request[Any, Any, Any], db_session: AsyncSession, kernel: Kernel
+        self, request: Request[Any, Any, Any], db_session: DbSession, kernel: KernelDep
     ) -> Response[Any]:
         """RFC 7662, for confidential clients only: ``{"active": false}`` unless the token is live."""
         basic = request.headers.get("authorization", "").lower().startswith("basic ")

@@ -11,12 +11,19 @@ import jinja2
 from litestar import MediaType, Request, Response, get, post
 from litestar.datastructures import Cookie
 from litestar.response import Redirect
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth import domain, service
-from auth.controllers._common import CSRF_COOKIE, NO_STORE, SSO_COOKIE, client_ip, single_valued_form, sso_cookie
+from auth.controllers._common import (
+    CSRF_COOKIE,
+    NO_STORE,
+    SSO_COOKIE,
+    DbSession,
+    KernelDep,
+    client_ip,
+    single_valued_form,
+    sso_cookie,
+)
 from picool.errors import TooManyRequests
-from picool.kernel import Kernel
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("auth", "templates"), autoescape=jinja2.select_autoescape(default=True)
@@ -47,14 +54,14 @@ def _csrf_token(secret_key: str, cookie: str) -> str:
     return hmac.new(secret_key.encode(), b"login-csrf:" + cookie.encode(), hashlib.sha256).hexdigest()
 
 
-def _csrf_cookie(kernel: Kernel, value: str) -> Cookie:
+def _csrf_cookie(kernel: KernelDep, value: str) -> Cookie:
     return Cookie(
         key=CSRF_COOKIE, value=value, path="/login", httponly=True, samesite="lax", secure=not kernel.settings.is_dev
     )
 
 
 def _form_page(
-    kernel: Kernel, request: Request[Any, Any, Any], *, next_url: str, status: int = 200, **ctx: Any
+    kernel: KernelDep, request: Request[Any, Any, Any], *, next_url: str, status: int = 200, **ctx: Any
 ) -> Response[str]:
     cookie = request.cookies.get(CSRF_COOKIE) or ""
     cookies = []
@@ -72,7 +79,7 @@ def _form_page(
 
 
 @get("/login", media_type=MediaType.HTML, tags=["auth"], include_in_schema=False)
-async def login_page(request: Request[Any, Any, Any], db_session: AsyncSession, kernel: Kernel) -> Response[Any]:
+async def login_page(request: Request[Any, Any, Any], db_session: DbSession, kernel: KernelDep) -> Response[Any]:
     """The sign-in form; with a live SSO session it goes straight on to ``next`` (or says who is signed in)."""
     svc = service.services_of(kernel)
     raw_next = request.query_params.get("next")
@@ -87,7 +94,7 @@ async def login_page(request: Request[Any, Any, Any], db_session: AsyncSession, 
 
 
 @post("/login", media_type=MediaType.HTML, tags=["auth"], include_in_schema=False, status_code=200)
-async def login_submit(request: Request[Any, Any, Any], db_session: AsyncSession, kernel: Kernel) -> Response[Any]:
+async def login_submit(request: Request[Any, Any, Any], db_session: DbSession, kernel: KernelDep) -> Response[Any]:
     """Check the CSRF token and the password; on success set the SSO cookie and go on to ``next``."""
     svc = service.services_of(kernel)
     form, _dup = await single_valued_form(request)
@@ -107,7 +114,7 @@ async def login_submit(request: Request[Any, Any, Any], db_session: AsyncSession
             svc.sessions,
             email=email,
             password=form.get("password", ""),
-            ip=client_ip(request),
+            ip=client_ip(request, kernel.settings),
         )
     except TooManyRequests as exc:
         return _form_page(
