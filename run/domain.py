@@ -205,6 +205,23 @@ def append_encoded(existing: bytes, new_points: Iterable[TrackPoint]) -> bytes:
     return existing + _pack_records(base, list(new_points))
 
 
+TRACK_HEADER_SIZE: Final = _HEADER.size
+"""Bytes of an encoded track's header: `append_suffix` needs only this prefix of a stored track."""
+
+
+def append_suffix(header: bytes, new_points: Iterable[TrackPoint]) -> bytes:
+    """The bytes that `append_encoded(existing, new_points)` adds after `existing`, given
+    only `existing[:TRACK_HEADER_SIZE]` (b"" for an empty track).
+
+    Lets a store append a batch with `track = track || suffix` without reading the stored
+    track: `existing + append_suffix(existing[:TRACK_HEADER_SIZE], pts)` equals
+    `append_encoded(existing, pts)`. Raises `TrackEncodingError` like `append_encoded`.
+    """
+    if not header:
+        return encode_track(new_points)
+    return _pack_records(_read_header(header[:TRACK_HEADER_SIZE]), list(new_points))
+
+
 def decode_track(data: bytes) -> list[TrackPoint]:
     """The points of an encoded track, in stored order. Raises `TrackEncodingError` when
     `data` is not a track of a known version."""

@@ -108,6 +108,20 @@ def test_append_equals_encoding_the_concatenation(points: list[TrackPoint], data
     assert encoded == domain.encode_track(points)
 
 
+@FAST
+@given(tracks(), st.data())
+def test_append_suffix_needs_only_the_header(points: list[TrackPoint], data: st.DataObject) -> None:
+    cut = data.draw(st.integers(0, len(points)))
+    existing = domain.encode_track(points[:cut])
+    suffix = domain.append_suffix(existing[: domain.TRACK_HEADER_SIZE], points[cut:])
+    assert existing + suffix == domain.append_encoded(existing, points[cut:])
+
+
+def test_append_suffix_rejects_a_bad_header() -> None:
+    with pytest.raises(domain.TrackEncodingError):
+        domain.append_suffix(b"\x02" + bytes(8), [TrackPoint(0, 0.0, 0.0)])
+
+
 def test_accuracy_is_capped_and_none_survives() -> None:
     pts = [TrackPoint(5, 1.0, 2.0, 1e9), TrackPoint(6, 1.0, 2.0, None)]
     got = domain.decode_track(domain.encode_track(pts))

@@ -1,0 +1,104 @@
+"""Helpers for the run tests: coupon templates through coupon's public API, tasks, synthetic tracks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from run import domain
+
+SHANGHAI = (31.2304, 121.4737)
+
+
+async def make_template(
+    client: httpx.AsyncClient, owner_headers: dict[str, str], distribution: str = "task_reward"
+) -> str:
+    """A coupon template made through coupon's public API; returns its id."""
+    resp = await client.post(
+        "/api/v1/coupon/templates",
+        json={
+            "name": "Run reward",
+            "rule": {"type": "direct", "amount_cents": 500},
+            "validity": {"kind": "relative", "days": 30},
+            "total_count": 1000,
+            "per_user_limit": 100,
+            "distribution": distribution,
+        },
+        headers=owner_headers,
+    )
+    assert resp.status_code == 201, resp.text
+    template_id: str = resp.json()["id"]
+    return template_id
+
+
+def task_body(template_id: str, **over: Any) -> dict[str, Any]:
+    """A valid task body around Shanghai, with ``over`` replacing fields (None values are dropped)."""
+    body: dict[str, Any] = {
+        "title": "Run to the noodle shop",
+        "description": "Finish at the door.",
+        "destination": {"lat": SHANGHAI[0], "lon": SHANGHAI[1]},
+        "radius_m": 100,
+        "min_distance_m": 500,
+        "time_limit_s": 3600,
+        "reward_template_id": template_id,
+        "quota": 10,
+    }
+    body.update(over)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+async def make_task(
+    client: httpx.AsyncClient, headers: dict[str, str], template_id: str, **over: Any
+) -> dict[str, Any]:
+    """A task created through the API; asserts the 201."""
+    resp = await client.post("/api/v1/run/tasks", json=task_body(template_id, **over), headers=headers)
+    assert resp.status_code == 201, resp.text
+    task: dict[str, Any] = resp.json()
+    return task
+
+
+def offset(lat: float, lon: float, north_m: float, east_m: float) -> tuple[float, float]:
+    """The point ``north_m`` metres north and ``east_m`` east of (lat, lon) (small offsets)."""
+    dlat = north_m / domain.EARTH_RADIUS_M * 180 / math.pi
+    dlon = east_m / (domain.EARTH_RADIUS_M * math.cos(math.radians(lat))) * 180 / math.pi
+    return lat + dlat, lon + dlon
+
+
+def track_to(
+    dest: tuple[float, float],
+    start_ms: int,
+    *,
+    distance_m: float = 1500.0,
+    speed_mps: float = 3.0,
+    every_s: float = 5.0,
+    end_off_m: float = 0.0,
+) -> list[dict[str, Any]]:
+    """A plausible run in API form: from ``distance_m`` south of ``dest`` straight north at
+    ``speed_mps``, a fix every ``every_s`` seconds, ending ``end_off_m`` metres south of ``dest``."""
+    steps = max(2, math.ceil((distance_m - end_off_m) / (speed_mps * every_s)))
+    points = []
+    for k in range(steps + 1):
+        south = distance_m - (distance_m - end_off_m) * k / steps
+        lat, lon = offset(dest[0], dest[1], -south, 0.0)
+        points.append({"ts_ms": start_ms + round(k * every_s * 1000), "lat": lat, "lon": lon, "accuracy_m": 5.0})
+    return points
+
+
+def ms(rfc3339: str) -> int:
+    """Epoch milliseconds of an RFC 3339 time from the API."""
+    return math.floor(datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+@pytest.fixture
+def new_template(client: httpx.AsyncClient) -> Callable[..., Awaitable[str]]:
+    """``await new_template(headers, distribution="task_reward")``."""
+
+    async def make(headers: dict[str, str], distribution: str = "task_reward") -> str:
+        return await make_template(client, headers, distribution)
+
+    return make
