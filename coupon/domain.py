@@ -175,9 +175,7 @@ class FixedValidity:
     ends_at: datetime
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "starts_at", _require_aware_utc(self.starts_at, "starts_at")
-        )
+        object.__setattr__(self, "starts_at", _require_aware_utc(self.starts_at, "starts_at"))
         object.__setattr__(self, "ends_at", _require_aware_utc(self.ends_at, "ends_at"))
         if self.ends_at <= self.starts_at:
             raise RuleError("ends_at", "must be after starts_at")
@@ -206,9 +204,7 @@ def _as_mapping(obj: object, name: str) -> Mapping[str, object]:
     return obj
 
 
-def _reject_unknown(
-    obj: Mapping[str, object], allowed: set[str], prefix: str = ""
-) -> None:
+def _reject_unknown(obj: Mapping[str, object], allowed: set[str], prefix: str = "") -> None:
     # Strict: a misspelt "max_discount", silently ignored, would be an uncapped coupon.
     for key in obj:
         if key not in allowed:
@@ -264,12 +260,8 @@ def parse_rule(obj: object) -> Rule:
     _reject_unknown(rule, _RULE_FIELDS[kind])
     if kind == "full_reduction":
         return FullReduction(
-            threshold_cents=_require_int(
-                rule.get("threshold_cents"), "threshold_cents", 2, MAX_CENTS
-            ),
-            amount_cents=_require_int(
-                rule.get("amount_cents"), "amount_cents", 1, MAX_CENTS
-            ),
+            threshold_cents=_require_int(rule.get("threshold_cents"), "threshold_cents", 2, MAX_CENTS),
+            amount_cents=_require_int(rule.get("amount_cents"), "amount_cents", 1, MAX_CENTS),
             scope=_parse_scope(rule.get("scope")),
         )
     if kind == "discount":
@@ -280,9 +272,7 @@ def parse_rule(obj: object) -> Rule:
             scope=_parse_scope(rule.get("scope")),
         )
     return Direct(
-        amount_cents=_require_int(
-            rule.get("amount_cents"), "amount_cents", 1, MAX_CENTS
-        ),
+        amount_cents=_require_int(rule.get("amount_cents"), "amount_cents", 1, MAX_CENTS),
         scope=_parse_scope(rule.get("scope")),
     )
 
@@ -300,9 +290,7 @@ def parse_timestamp(value: object, name: str) -> datetime:
     Raises ``RuleError(name, ...)`` for anything else (naive times, dates, other
     formats)."""
     if not isinstance(value, str) or not _RFC3339.fullmatch(value):
-        raise RuleError(
-            name, "must be an RFC 3339 date-time such as 2026-11-22T08:00:00Z"
-        )
+        raise RuleError(name, "must be an RFC 3339 date-time such as 2026-11-22T08:00:00Z")
     # fromisoformat (3.11) takes "Z" and truncates fractions beyond microseconds.
     text = value.upper().replace(" ", "T")
     try:
@@ -326,9 +314,7 @@ def parse_validity(obj: object) -> Validity:
         )
     if kind == "relative":
         _reject_unknown(validity, {"kind", "days"})
-        return RelativeValidity(
-            days=_require_int(validity.get("days"), "days", 1, MAX_VALIDITY_DAYS)
-        )
+        return RelativeValidity(days=_require_int(validity.get("days"), "days", 1, MAX_VALIDITY_DAYS))
     raise RuleError("kind", "must be one of fixed, relative")
 
 
@@ -379,9 +365,7 @@ def validity_to_dict(validity: Validity) -> dict[str, object]:
     return {"kind": "relative", "days": validity.days}
 
 
-def validity_window(
-    validity: Validity, received_at: datetime
-) -> tuple[datetime, datetime]:
+def validity_window(validity: Validity, received_at: datetime) -> tuple[datetime, datetime]:
     """The ``(valid_from, valid_to)`` window, in UTC, of a coupon received at
     ``received_at``: the template's fixed window, or ``days * 24h`` from receipt.
     ``valid_from`` is inclusive, ``valid_to`` exclusive. Raises ``ValueError`` for a
@@ -412,9 +396,7 @@ class OrderItem:
         _require_int(self.qty, "qty", 1, 10**6)
 
 
-def base_amount(
-    rule: Rule, order_amount_cents: int, items: Sequence[OrderItem] | None = None
-) -> int:
+def base_amount(rule: Rule, order_amount_cents: int, items: Sequence[OrderItem] | None = None) -> int:
     """The part of the order a rule applies to, in cents: the whole order for scope
     ``all``; for ``category``/``product`` the sum of ``price_cents * qty`` of the
     matching items, never more than the order amount, and 0 when ``items`` is None (no
@@ -447,9 +429,7 @@ def threshold_met(rule: Rule, base_cents: int) -> bool:
     return True
 
 
-def discount_for(
-    rule: Rule, order_amount_cents: int, items: Sequence[OrderItem] | None = None
-) -> int:
+def discount_for(rule: Rule, order_amount_cents: int, items: Sequence[OrderItem] | None = None) -> int:
     """The discount, in cents, the rule gives on an order.
 
     The rule applies to ``base_amount(rule, order_amount_cents, items)`` (so a scoped
@@ -555,15 +535,11 @@ def transition(current: CouponStatus, target: CouponStatus) -> CouponStatus:
     frozen, ``invalid_transition`` for unused→unused."""
     current, target = CouponStatus(current), CouponStatus(target)
     if (current, target) not in _ALLOWED:
-        raise TransitionError(
-            _REFUSAL_CODES[current], f"cannot move a coupon from {current} to {target}"
-        )
+        raise TransitionError(_REFUSAL_CODES[current], f"cannot move a coupon from {current} to {target}")
     return target
 
 
-def effective_status(
-    stored: CouponStatus, valid_to: datetime, now: datetime
-) -> CouponStatus:
+def effective_status(stored: CouponStatus, valid_to: datetime, now: datetime) -> CouponStatus:
     """The status to show: an ``unused`` coupon whose window has closed (``now >=
     valid_to``) is ``expired`` even before the expiry sweep has written it; any other
     status as stored."""
@@ -573,9 +549,7 @@ def effective_status(
     return stored
 
 
-def ensure_redeemable(
-    stored: CouponStatus, valid_from: datetime, valid_to: datetime, now: datetime
-) -> None:
+def ensure_redeemable(stored: CouponStatus, valid_from: datetime, valid_to: datetime, now: datetime) -> None:
     """Return if a coupon may be redeemed at ``now``; otherwise raise
     ``TransitionError`` with code ``already_used``, ``expired``, ``frozen`` or
     ``not_yet_valid`` (``now < valid_from``)."""

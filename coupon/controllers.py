@@ -1,0 +1,277 @@
+"""The coupon HTTP API (``/api/v1/coupon/...``): parse, check the role, call the service, shape the answer.
+
+Role checks are guards, so a caller without a token gets 401 and a caller with the wrong role gets
+403 before the body is even read; bad bodies then get 400 ``invalid_request``. Path ids that are
+not ids answer 404, like ids that name nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from litestar import Controller, get, post
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromPath, JSONBody, QueryParameter
+
+from coupon import domain as coupon_domain
+from coupon import schemas
+from coupon import service as coupon_service
+from picool import web
+from picool.errors import Forbidden, InvalidRequest, NotFound
+from picool.ids import parse_id_str
+from picool.kernel import Kernel
+from picool.tokens import Identity
+
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]
+
+
+def roles(*allowed: str) -> Guard:
+    """A guard letting through callers with one of ``allowed`` roles (401 without a valid token, 403 else)."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        identity = web.identity_of(connection)  # type: ignore[arg-type]
+        web.require_role(identity, *allowed)
+
+    return guard
+
+
+def authenticated(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """A guard letting through any caller with a valid token (401 otherwise)."""
+    web.identity_of(connection)  # type: ignore[arg-type]
+
+
+def actor_of(identity: Identity) -> coupon_service.Actor:
+    """The service-level actor of a verified caller; 403 when its ids are not Picool ids."""
+    user_id = parse_id_str(identity.user_id)
+    merchant_id = parse_id_str(identity.merchant_id) if identity.merchant_id else None
+    if user_id is None or (identity.merchant_id and merchant_id is None):
+        raise Forbidden("This token does not name a Picool account.")
+    return coupon_service.Actor(user_id=user_id, role=identity.role, merchant_id=merchant_id)
+
+
+def path_id(text: str, what: str) -> int:
+    """A path id as an int; 404 (nothing can have this id) otherwise."""
+    value = parse_id_str(text)
+    if value is None:
+        raise NotFound(f"There is no {what} with this id.")
+    return value
+
+
+def _str(value: int | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def template_out(t: coupon_service.TemplateRecord) -> schemas.Template:
+    """The API shape of a template."""
+    return schemas.Template(
+        id=str(t.id),
+        merchant_id=_str(t.merchant_id),
+        name=t.name,
+        description=t.description,
+        rule=t.rule,
+        validity=t.validity,
+        total_count=t.total_count,
+        per_user_limit=t.per_user_limit,
+        distribution=t.distribution,
+        status=t.status,
+        created_at=t.created_at,
+    )
+
+
+def coupon_out(c: coupon_service.CouponRecord, now: datetime) -> schemas.Coupon:
+    """The API shape of a coupon, with the status it shows at ``now``."""
+    return schemas.Coupon(
+        id=str(c.id),
+        code=c.code,
+        template_id=str(c.template_id),
+        merchant_id=_str(c.merchant_id),
+        user_id=str(c.user_id),
+        status=c.effective_status(now),
+        source=schemas.Source(kind=c.source_kind, ref=c.source_ref),
+        received_at=c.received_at,
+        valid_from=c.valid_from,
+        valid_to=c.valid_to,
+        used_at=c.used_at,
+    )
+
+
+def redemption_out(r: coupon_service.RedemptionResult) -> schemas.Redemption:
+    """The API shape of a redemption answer."""
+    return schemas.Redemption(
+        transaction_id=str(r.transaction_id),
+        coupon_id=str(r.coupon_id),
+        discount_cents=r.discount_cents,
+        payable_cents=r.payable_cents,
+        redeemed_at=r.redeemed_at,
+    )
+
+
+def _items(items: list[schemas.OrderItem] | None) -> list[coupon_domain.OrderItem] | None:
+    if items is None:
+        return None
+    return [coupon_domain.OrderItem(i.sku, i.category, i.price_cents, i.qty) for i in items]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class CouponController(Controller):
+    """Templates, wallet, quotes, redemptions and operator actions."""
+
+    path = "/api/v1/coupon"
+    tags = ("coupon",)
+    security = ({"bearer": []},)
+
+    @post("/templates", guards=[roles("merchant", "operator")], status_code=201)
+    async def create_template(
+        self, data: JSONBody[schemas.TemplateCreate], identity: Identity, kernel: Kernel
+    ) -> schemas.Template:
+        """Create a coupon batch: a merchant's own, or (operator) a platform batch every merchant accepts."""
+        new = coupon_service.NewTemplate(
+            name=data.name,
+            description=data.description or "",
+            rule=data.rule,
+            validity=data.validity,
+            total_count=data.total_count,
+            per_user_limit=data.per_user_limit,
+            distribution=data.distribution,
+        )
+        record = await coupon_service.create_template(kernel, actor_of(identity), new)
+        return template_out(record)
+
+    @get("/templates/{template_id:str}", guards=[authenticated])
+    async def get_template(self, template_id: FromPath[str], kernel: Kernel) -> schemas.Template:
+        """A coupon batch, for any signed-in caller (runners, merchants, operators, services)."""
+        record = await coupon_service.require_template(kernel, path_id(template_id, "coupon template"))
+        return template_out(record)
+
+    @get("/templates/{template_id:str}/stats", guards=[roles("merchant", "operator")])
+    async def template_stats(
+        self, template_id: FromPath[str], identity: Identity, kernel: Kernel
+    ) -> schemas.TemplateStats:
+        """Exact counters of a batch, for its merchant or an operator."""
+        stats = await coupon_service.template_stats(kernel, actor_of(identity), path_id(template_id, "coupon template"))
+        return schemas.TemplateStats(
+            template_id=str(stats.template_id),
+            total=stats.total,
+            assigned=stats.assigned,
+            used=stats.used,
+            remaining=stats.remaining,
+        )
+
+    @get("/me/coupons", guards=[roles("runner")])
+    async def my_coupons(
+        self,
+        identity: Identity,
+        kernel: Kernel,
+        status: Annotated[str | None, QueryParameter(max_length=16)] = None,
+        cursor: Annotated[str | None, QueryParameter(max_length=20)] = None,
+    ) -> schemas.CouponList:
+        """The caller's coupons, newest first, optionally only those showing ``status`` now."""
+        actor = actor_of(identity)
+        before = None
+        if cursor is not None:
+            before = parse_id_str(cursor)
+            if before is None:
+                raise InvalidRequest("cursor: must be a next_cursor from a previous page")
+        now = _now()
+        items, next_cursor = await coupon_service.wallet_page(kernel, actor.user_id, status, now, before)
+        return schemas.CouponList(items=[coupon_out(c, now) for c in items], next_cursor=_str(next_cursor))
+
+    @get("/coupons/{coupon_id:str}", guards=[roles("runner", "operator")])
+    async def get_coupon(self, coupon_id: FromPath[str], identity: Identity, kernel: Kernel) -> schemas.Coupon:
+        """One coupon, for its owner or an operator."""
+        record = await coupon_service.get_coupon(kernel, actor_of(identity), path_id(coupon_id, "coupon"))
+        return coupon_out(record, _now())
+
+    @post("/quotes", guards=[roles("runner")], status_code=200)
+    async def quotes(
+        self, data: JSONBody[schemas.QuoteRequest], identity: Identity, kernel: Kernel
+    ) -> schemas.QuoteList:
+        """The caller's coupons usable on this order at this merchant, best saving first."""
+        actor = actor_of(identity)
+        merchant_id = parse_id_str(data.merchant_id)
+        if merchant_id is None:
+            raise InvalidRequest("merchant_id: must be a merchant id")
+        items = _items(data.items) or []
+        now = _now()
+        amount, found = await coupon_service.quote(kernel, actor.user_id, merchant_id, items, now)
+        return schemas.QuoteList(
+            order_amount_cents=amount,
+            items=[
+                schemas.QuoteItem(
+                    coupon=coupon_out(q.coupon, now),
+                    discount_cents=q.discount_cents,
+                    payable_cents=q.payable_cents,
+                    description=q.description,
+                )
+                for q in found
+            ],
+        )
+
+    @post("/redemptions", guards=[roles("merchant")], status_code=200)
+    async def redeem(
+        self, data: JSONBody[schemas.RedemptionCreate], identity: Identity, kernel: Kernel
+    ) -> schemas.Redemption:
+        """Redeem a code at the caller's till (idempotent on ``idempotency_key``)."""
+        req = coupon_service.RedeemRequest(
+            code=data.code,
+            order_amount_cents=data.order_amount_cents,
+            idempotency_key=data.idempotency_key,
+            items=_items(data.items),
+        )
+        result = await coupon_service.redeem(kernel, actor_of(identity), req, _now())
+        return redemption_out(result)
+
+    @post("/redemptions/{transaction_id:str}/reversal", guards=[roles("merchant")], status_code=200)
+    async def reverse(self, transaction_id: FromPath[str], identity: Identity, kernel: Kernel) -> schemas.Coupon:
+        """Reverse a redemption (refund): the coupon is unused again while still valid."""
+        now = _now()
+        record = await coupon_service.reverse(kernel, actor_of(identity), path_id(transaction_id, "redemption"), now)
+        return coupon_out(record, now)
+
+    @post("/coupons/{coupon_id:str}/freeze", guards=[roles("operator")], status_code=200)
+    async def freeze(
+        self,
+        coupon_id: FromPath[str],
+        identity: Identity,
+        kernel: Kernel,
+        data: JSONBody[schemas.StatusChange | None] = None,
+    ) -> schemas.Coupon:
+        """Freeze a coupon (risk control)."""
+        return await self._set_frozen(coupon_id, identity, kernel, data, frozen=True)
+
+    @post("/coupons/{coupon_id:str}/unfreeze", guards=[roles("operator")], status_code=200)
+    async def unfreeze(
+        self,
+        coupon_id: FromPath[str],
+        identity: Identity,
+        kernel: Kernel,
+        data: JSONBody[schemas.StatusChange | None] = None,
+    ) -> schemas.Coupon:
+        """Unfreeze a coupon."""
+        return await self._set_frozen(coupon_id, identity, kernel, data, frozen=False)
+
+    async def _set_frozen(
+        self,
+        coupon_id: FromPath[str],
+        identity: Identity,
+        kernel: Kernel,
+        data: schemas.StatusChange | None,
+        *,
+        frozen: bool,
+    ) -> schemas.Coupon:
+        now = _now()
+        record = await coupon_service.set_frozen(
+            kernel,
+            actor_of(identity),
+            path_id(coupon_id, "coupon"),
+            frozen=frozen,
+            reason=data.reason if data else "",
+            now=now,
+        )
+        return coupon_out(record, now)

@@ -1,0 +1,143 @@
+"""Row access shared by the coupon use cases: one-partition lookups, the audit trail, change events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, Table, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from coupon import codes as coupon_codes
+from coupon import models
+from coupon.service._records import Actor, CouponRecord
+from picool import events, ids, outbox
+from picool.settings import Settings
+
+COLUMNS = (
+    "id",
+    "user_id",
+    "code",
+    "template_id",
+    "merchant_id",
+    "status",
+    "source_kind",
+    "source_ref",
+    "received_at",
+    "valid_from",
+    "valid_to",
+    "used_at",
+)
+
+
+def columns(table: Table) -> list[Any]:
+    """The columns a :class:`CouponRecord` is made of, from ``table`` (the parent or a partition)."""
+    return [table.c[name] for name in COLUMNS]
+
+
+def to_record(row: Row[Any]) -> CouponRecord:
+    """A record from a row selected or returned with :func:`columns`."""
+    m = row._mapping
+    return CouponRecord(**{name: m[name] for name in COLUMNS})
+
+
+def partition_of_user(user_id: int) -> Table:
+    """The one partition that holds ``user_id``'s coupons."""
+    return models.partition(models.shard_of_user(user_id))
+
+
+async def find_by_code(session: AsyncSession, code: str, *, lock: bool = False) -> CouponRecord | None:
+    """The coupon with ``code`` (as a person typed it), looked up in the one partition its shard names.
+
+    None for text that is not a well-formed code (a typo caught by the check symbol), a shard that
+    holds no coupons, or a well-formed code nobody has.
+    """
+    try:
+        parsed = coupon_codes.parse_code(code)
+    except coupon_codes.CodeError:
+        return None
+    if parsed.shard >= models.SHARDS:
+        return None
+    table = models.partition(parsed.shard)
+    stmt = select(*columns(table)).where(table.c.code == parsed.canonical)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).first()
+    return None if row is None else to_record(row)
+
+
+async def find_by_id(session: AsyncSession, coupon_id: int, *, lock: bool = False) -> CouponRecord | None:
+    """The coupon with ``coupon_id``, looked up in the one partition the id's shard names."""
+    shard = ids.shard_of(coupon_id)
+    if shard >= models.SHARDS:
+        return None
+    table = models.partition(shard)
+    stmt = select(*columns(table)).where(table.c.id == coupon_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).first()
+    return None if row is None else to_record(row)
+
+
+async def find_of_user(session: AsyncSession, user_id: int, coupon_id: int) -> CouponRecord | None:
+    """The coupon ``coupon_id`` of ``user_id`` (primary-key lookup in one partition)."""
+    table = partition_of_user(user_id)
+    stmt = select(*columns(table)).where(table.c.user_id == user_id, table.c.id == coupon_id)
+    row = (await session.execute(stmt)).first()
+    return None if row is None else to_record(row)
+
+
+async def audit(
+    session: AsyncSession,
+    coupons: Sequence[CouponRecord],
+    *,
+    actor: Actor,
+    from_status: str | None,
+    to_status: str,
+    reason: str,
+    at: datetime,
+) -> None:
+    """Write one audit row per coupon for a transition ``from_status`` → ``to_status``."""
+    if not coupons:
+        return
+    await session.execute(
+        insert(models.CouponAudit),
+        [
+            {
+                "coupon_id": c.id,
+                "user_id": c.user_id,
+                "template_id": c.template_id,
+                "actor": actor.label[:64],
+                "at": at,
+                "from_status": from_status,
+                "to_status": to_status,
+                "reason": reason[:200],
+            }
+            for c in coupons
+        ],
+    )
+
+
+def announce(
+    session: AsyncSession,
+    settings: Settings,
+    coupons: Sequence[CouponRecord],
+    *,
+    from_status: str,
+    to_status: str,
+    reason: str,
+    at: datetime,
+) -> None:
+    """Stage a ``CouponChangedV1`` per coupon in the caller's transaction (keyed by user, as DESIGN asks)."""
+    for c in coupons:
+        event = events.CouponChangedV1(
+            coupon_id=str(c.id),
+            user_id=str(c.user_id),
+            template_id=str(c.template_id),
+            from_status=from_status,
+            to_status=to_status,
+            at=at,
+            reason=reason,
+        )
+        outbox.add_event(session, settings, events.TOPIC_COUPON_EVENTS, event, key=str(c.user_id))
