@@ -26,6 +26,11 @@ async def _startup(kernel: Kernel) -> None:
         await service.seed_builtin_clients(session, kernel.settings, kernel.service_secret())
     await svc.keys.reload()
     kernel.jwks_provider = svc.keys.jwks_now
+
+    async def learn_new_key() -> None:
+        await kernel.verifier.refresh(force=True)
+
+    svc.keys.on_new_key = learn_new_key
     await _passwords.warm_up()
 
 

@@ -119,7 +119,11 @@ class TokenVerifier:
             if not force and self._last_fetch and now - self._last_fetch < self.refetch_interval_s:
                 return
             self._last_fetch = now
-            jwks = await self.source()
+            try:
+                jwks = await self.source()
+            except Exception as exc:  # keep the keys we have; a token with an unknown kid is refused meanwhile
+                log.warning("JWKS fetch failed: %s", exc)
+                return
             keys: dict[str, PyJWK] = {}
             for jwk in jwks.get("keys", []):
                 kid = jwk.get("kid")
@@ -150,7 +154,8 @@ class TokenVerifier:
         alg = header.get("alg")
         if alg not in ALGORITHMS:
             raise TokenError("bad_alg")
-        if header.get("typ", "").lower() not in {"at+jwt", "application/at+jwt"}:
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in {"at+jwt", "application/at+jwt"}:
             raise TokenError("not_access_token")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:

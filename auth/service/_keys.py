@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -113,9 +114,12 @@ class KeyRing:
         self._jwks: dict[str, Any] = {"keys": []}
         self._loaded_at = 0.0
         self._lock = asyncio.Lock()
+        # Called (outside the lock) when a reload for signing finds a new current key, so that this
+        # process's verifier learns the key before the first token signed with it arrives.
+        self.on_new_key: Callable[[], Awaitable[None]] | None = None
 
-    async def reload(self) -> None:
-        """Read the keys again now."""
+    async def reload(self) -> bool:
+        """Read the keys again now; True when the current (signing) key changed."""
         async with self._sessionmaker() as session:
             rows = list((await session.scalars(select(SigningKey).order_by(SigningKey.created_at.desc()))).all())
         now = datetime.now(UTC)
@@ -128,17 +132,23 @@ class KeyRing:
             recent = r.retired_at is not None and now - r.retired_at < timedelta(seconds=PUBLISH_RETIRED_S)
             if i == 0 or recent:  # always the previous key, plus any retired recently
                 published.append(r.public_jwk)
-        private = await asyncio.to_thread(decrypt_private, current.private_enc, current.kid, self._secret_key)
-        self._active = ActiveKey(current.kid, private)
+        changed = self._active is None or self._active.kid != current.kid
+        if changed:
+            private = await asyncio.to_thread(decrypt_private, current.private_enc, current.kid, self._secret_key)
+            self._active = ActiveKey(current.kid, private)
         self._jwks = {"keys": published}
         self._loaded_at = time.monotonic()
+        return changed
 
     async def _fresh(self) -> None:
         if self._active is not None and time.monotonic() - self._loaded_at < self.reload_s:
             return
+        changed = False
         async with self._lock:
             if self._active is None or time.monotonic() - self._loaded_at >= self.reload_s:
-                await self.reload()
+                changed = await self.reload()
+        if changed and self.on_new_key is not None:
+            await self.on_new_key()
 
     async def active(self) -> ActiveKey:
         """The key to sign with now."""

@@ -48,16 +48,16 @@ class LoginThrottle:
         async with self.redis.pipeline(transaction=False) as pipe:
             for k in keys:
                 pipe.pttl(PREFIX + "lock:" + k)
-            for k in keys:
-                pipe.get(PREFIX + "fail:" + k)
+            pipe.get(PREFIX + "fail:" + keys[0])
             res = await pipe.execute()
         lock_ms = max(int(res[0]), int(res[1]))
         if lock_ms > 0:
             raise TooManyAttempts(
                 "Too many failed sign-in attempts; try again later.", retry_after_s=-(-lock_ms // 1000)
             )
-        failures = max(int(v) if v is not None else 0 for v in res[2:])
-        delay = domain.tarpit_seconds(failures)
+        # The growing delay follows the email's failures only: an IP's failures are spread over many
+        # accounts (a shared NAT), and its lock already bounds the guessing rate.
+        delay = domain.tarpit_seconds(int(res[2]) if res[2] is not None else 0)
         if delay:
             await asyncio.sleep(delay)
 
