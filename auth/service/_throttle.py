@@ -1,7 +1,7 @@
 """Failed-login throttling in Redis, per normalised email and per client IP.
 
-Thresholds (see :mod:`auth.domain`): failures are counted over a 15-minute sliding window. From the 3rd
-failure on, answers are slowed by a growing delay (50 ms doubling, at most 1 s). At 5 failures for an
+Thresholds (see :mod:`auth.domain`): failures are counted over a 15-minute sliding window. From an email's
+3rd failure on, its answers are slowed by a growing delay (50 ms doubling, at most 1 s). At 5 failures for an
 email, or 20 for an IP, the key is locked for 30 s, doubling with each further failure up to 15 min;
 while locked every attempt gets 429 ``too_many_attempts`` with Retry-After, before any password check.
 The email key is the hash of the normalised address whether or not an account has it, so the answers
