@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Row, Table, insert, select
+from sqlalchemy import Row, Select, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coupon import codes as coupon_codes
@@ -42,9 +42,16 @@ def to_record(row: Row[Any]) -> CouponRecord:
     return CouponRecord(**{name: m[name] for name in COLUMNS})
 
 
-def partition_of_user(user_id: int) -> Table:
-    """The one partition that holds ``user_id``'s coupons."""
-    return models.partition(models.shard_of_user(user_id))
+USER_COUPONS = cast(Table, models.UserCoupon.__table__)
+"""The parent table. Queries that name ``user_id`` go here: PostgreSQL prunes them to the user's one
+partition (``tests/coupon/test_models.py`` shows the plans), just as a distributed table would route
+them by the same key."""
+
+
+def code_query(canonical: str, shard: int) -> Select[Any]:
+    """The lookup of a code in the one partition its shard names (no user id to prune on)."""
+    table = models.partition(shard)
+    return select(*columns(table)).where(table.c.code == canonical)
 
 
 async def find_by_code(session: AsyncSession, code: str, *, lock: bool = False) -> CouponRecord | None:
@@ -59,8 +66,7 @@ async def find_by_code(session: AsyncSession, code: str, *, lock: bool = False) 
         return None
     if parsed.shard >= models.SHARDS:
         return None
-    table = models.partition(parsed.shard)
-    stmt = select(*columns(table)).where(table.c.code == parsed.canonical)
+    stmt = code_query(parsed.canonical, parsed.shard)
     if lock:
         stmt = stmt.with_for_update()
     row = (await session.execute(stmt)).first()
@@ -82,7 +88,7 @@ async def find_by_id(session: AsyncSession, coupon_id: int, *, lock: bool = Fals
 
 async def find_of_user(session: AsyncSession, user_id: int, coupon_id: int) -> CouponRecord | None:
     """The coupon ``coupon_id`` of ``user_id`` (primary-key lookup in one partition)."""
-    table = partition_of_user(user_id)
+    table = USER_COUPONS
     stmt = select(*columns(table)).where(table.c.user_id == user_id, table.c.id == coupon_id)
     row = (await session.execute(stmt)).first()
     return None if row is None else to_record(row)

@@ -67,7 +67,7 @@ def new_identifiers(generator: IdGenerator, user_id: int) -> tuple[int, str]:
 
 
 async def _existing(session: AsyncSession, req: IssueRequest) -> CouponRecord | None:
-    table = _coupons.partition_of_user(req.user_id)
+    table = _coupons.USER_COUPONS
     stmt = select(*_coupons.columns(table)).where(table.c.user_id == req.user_id)
     if req.coupon_id is not None:
         stmt = stmt.where(table.c.id == req.coupon_id)

@@ -59,7 +59,7 @@ async def set_frozen(
             raise Conflict(
                 f"This coupon is {shown}; it cannot be {'frozen' if frozen else 'unfrozen'}.", code=err.code
             ) from None
-        table = _coupons.partition_of_user(coupon.user_id)
+        table = _coupons.USER_COUPONS
         moved = (
             await session.execute(
                 update(table)

@@ -22,10 +22,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from coupon import codes as coupon_codes
 from coupon import domain as coupon_domain
@@ -112,6 +114,24 @@ def _replay(stored: models.Redemption, fingerprint: str) -> RedemptionResult:
     return _result(stored)
 
 
+def use_statement(coupon: CouponRecord, merchant_id: int, now: datetime) -> ReturningUpdate[Any]:
+    """The conditional ``unused → used`` UPDATE: it changes the row only if the coupon is unused and
+    inside its window at ``now`` (and names ``user_id``, so it touches one partition)."""
+    table = _coupons.USER_COUPONS
+    return (
+        update(table)
+        .where(
+            table.c.user_id == coupon.user_id,
+            table.c.id == coupon.id,
+            table.c.status == UNUSED,
+            table.c.valid_from <= now,
+            table.c.valid_to > now,
+        )
+        .values(status=USED, used_at=now, redeemed_by_merchant=merchant_id, updated_at=now)
+        .returning(*_coupons.columns(table))
+    )
+
+
 async def redeem(kernel: Kernel, actor: Actor, req: RedeemRequest, now: datetime) -> RedemptionResult:
     """Redeem ``req.code`` for the actor's merchant (see the module docstring for the guarantees).
 
@@ -182,21 +202,7 @@ async def redeem(kernel: Kernel, actor: Actor, req: RedeemRequest, now: datetime
                 raise Conflict("This idempotency_key is being used right now; retry.", code="idempotency_conflict")
             return _replay(stored, fingerprint)
 
-        table = _coupons.partition_of_user(coupon.user_id)
-        moved = (
-            await session.execute(
-                update(table)
-                .where(
-                    table.c.user_id == coupon.user_id,
-                    table.c.id == coupon.id,
-                    table.c.status == UNUSED,
-                    table.c.valid_from <= now,
-                    table.c.valid_to > now,
-                )
-                .values(status=USED, used_at=now, redeemed_by_merchant=merchant_id, updated_at=now)
-                .returning(*_coupons.columns(table))
-            )
-        ).first()
+        moved = (await session.execute(use_statement(coupon, merchant_id, now))).first()
         if moved is None:
             # Someone changed the coupon between our read and our update; name what happened.
             current = await _coupons.find_of_user(session, coupon.user_id, coupon.id)
@@ -249,7 +255,7 @@ async def reverse(kernel: Kernel, actor: Actor, transaction_id: int, now: dateti
             current = await _coupons.find_of_user(session, redemption.user_id, redemption.coupon_id)
             assert current is not None
             return current
-        table = _coupons.partition_of_user(redemption.user_id)
+        table = _coupons.USER_COUPONS
         moved = (
             await session.execute(
                 update(table)

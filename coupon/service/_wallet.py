@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from coupon.service import _coupons
 from coupon.service._records import CouponRecord, WalletPage
@@ -54,19 +55,21 @@ def wallet_key(user_id: int, variant: str) -> str:
     return f"{user_id}:{variant}"
 
 
-async def load_page(kernel: Kernel, user_id: int, variant: str, before: int | None = None) -> WalletPage:
-    """A page of ``user_id``'s coupons from PostgreSQL, newest first, older than ``before`` if given.
-
-    Touches only the user's partition (the query names ``user_id``; the test shows the plan).
-    """
-    table = _coupons.partition_of_user(user_id)
+def wallet_query(user_id: int, variant: str, before: int | None = None) -> Select[Any]:
+    """The query of one wallet page: it names ``user_id``, so it touches only the user's partition."""
+    table = _coupons.USER_COUPONS
     stmt = select(*_coupons.columns(table)).where(table.c.user_id == user_id)
     stored = _STORED[variant]
     if stored:
         stmt = stmt.where(table.c.status.in_(stored))
     if before is not None:
         stmt = stmt.where(table.c.id < before)
-    stmt = stmt.order_by(table.c.id.desc()).limit(PAGE_SIZE + 1)
+    return stmt.order_by(table.c.id.desc()).limit(PAGE_SIZE + 1)
+
+
+async def load_page(kernel: Kernel, user_id: int, variant: str, before: int | None = None) -> WalletPage:
+    """A page of ``user_id``'s coupons from PostgreSQL, newest first, older than ``before`` if given."""
+    stmt = wallet_query(user_id, variant, before)
     async with kernel.sessionmaker() as session:
         rows = (await session.execute(stmt)).all()
     items = [_coupons.to_record(r) for r in rows[:PAGE_SIZE]]
