@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from litestar import Controller, get, patch, post
+import msgspec
+from litestar import Controller, Request, get, patch, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from picool.errors import InvalidRequest
 from picool.kernel import Kernel
 from picool.tokens import Identity
 from run import schemas, service
 
+T = TypeVar("T")
 TASKS_SERVICE = "run.tasks"
 RUNS_SERVICE = "run.runs"
 
@@ -29,6 +32,22 @@ def _runs(kernel: Kernel) -> service.RunService:
     return svc
 
 
+async def strict_body(request: Request[Any, Any, Any], type_: type[T]) -> T:
+    """The request's JSON body decoded strictly as ``type_``.
+
+    litestar converts the body laxly (``"31.2"`` becomes 31.2, ``"true"`` becomes True); the API takes
+    numbers as numbers, so bodies are decoded once more, strictly, from the bytes litestar cached. The
+    ``data`` parameters of the handlers stay for the OpenAPI document and the first, lax check.
+    """
+    try:
+        return msgspec.json.decode(await request.body(), type=type_)
+    except msgspec.ValidationError as exc:
+        path = str(exc).rpartition(" - at `")[2].rstrip("`") if " - at `" in str(exc) else "body"
+        raise InvalidRequest(str(exc), errors=[{"key": path, "message": str(exc), "source": "body"}]) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"The body is not valid JSON: {exc}") from exc
+
+
 class TaskController(Controller):
     """Tasks: merchants create and steer them; every signed-in user reads and searches them."""
 
@@ -38,10 +57,17 @@ class TaskController(Controller):
 
     @post("/", status_code=HTTP_201_CREATED)
     async def create_task(
-        self, data: JSONBody[schemas.TaskCreate], identity: Identity, db_session: AsyncSession, kernel: Kernel
+        self,
+        *,
+        request: Request[Any, Any, Any],
+        data: JSONBody[schemas.TaskCreate],
+        identity: Identity,
+        db_session: AsyncSession,
+        kernel: Kernel,
     ) -> schemas.Task:
         """Create a task for the caller's merchant (merchant accounts only)."""
-        return await _tasks(kernel).create(db_session, identity, data)
+        body = await strict_body(request, schemas.TaskCreate)
+        return await _tasks(kernel).create(db_session, identity, body)
 
     @get("/")
     async def list_my_tasks(
@@ -79,6 +105,8 @@ class TaskController(Controller):
     @patch("/{task_id:str}", status_code=HTTP_200_OK)
     async def update_task(
         self,
+        *,
+        request: Request[Any, Any, Any],
         task_id: FromPath[str],
         data: JSONBody[schemas.TaskUpdate],
         identity: Identity,
@@ -86,7 +114,8 @@ class TaskController(Controller):
         kernel: Kernel,
     ) -> schemas.Task:
         """Pause, resume or end a task (its merchant, or an operator)."""
-        return await _tasks(kernel).set_status(db_session, identity, service.parse_id(task_id, "task"), data.status)
+        body = await strict_body(request, schemas.TaskUpdate)
+        return await _tasks(kernel).set_status(db_session, identity, service.parse_id(task_id, "task"), body.status)
 
     @post("/{task_id:str}/runs", status_code=HTTP_201_CREATED)
     async def accept_task(
@@ -113,6 +142,8 @@ class RunController(Controller):
     @post("/{run_id:str}/points", status_code=HTTP_202_ACCEPTED)
     async def add_points(
         self,
+        *,
+        request: Request[Any, Any, Any],
         run_id: FromPath[str],
         data: JSONBody[schemas.PointBatch],
         identity: Identity,
@@ -120,7 +151,8 @@ class RunController(Controller):
         kernel: Kernel,
     ) -> schemas.PointsAccepted:
         """Append a batch of GPS points to the caller's active run."""
-        return await _runs(kernel).add_points(db_session, identity, service.parse_id(run_id, "run"), data)
+        body = await strict_body(request, schemas.PointBatch)
+        return await _runs(kernel).add_points(db_session, identity, service.parse_id(run_id, "run"), body)
 
     @post("/{run_id:str}/finish", status_code=HTTP_200_OK)
     async def finish_run(
