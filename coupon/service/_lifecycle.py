@@ -20,6 +20,7 @@ UNUSED = coupon_domain.CouponStatus.UNUSED.value
 FROZEN = coupon_domain.CouponStatus.FROZEN.value
 EXPIRED = coupon_domain.CouponStatus.EXPIRED.value
 EXPIRY_BATCH = 1000
+_REFUSALS = {"used": "already_used", "expired": "expired", "frozen": "frozen"}
 
 
 async def get_coupon(kernel: Kernel, actor: Actor, coupon_id: int) -> CouponRecord:
@@ -52,13 +53,14 @@ async def set_frozen(
             raise NotFound("There is no coupon with this id.")
         if coupon.status == target:
             return coupon
-        shown = coupon_domain.CouponStatus(coupon.effective_status(now)) if frozen else coupon.status
-        try:
-            coupon_domain.transition(coupon_domain.CouponStatus(shown), coupon_domain.CouponStatus(target))
-        except coupon_domain.TransitionError as err:
+        # Freezing looks at the status shown now (a closed window reads expired); unfreezing only ever
+        # starts from frozen (``used → unused`` is a legal move too, but it is a reversal, not this).
+        shown = coupon.effective_status(now) if frozen else coupon.status
+        if shown != (UNUSED if frozen else FROZEN):
             raise Conflict(
-                f"This coupon is {shown}; it cannot be {'frozen' if frozen else 'unfrozen'}.", code=err.code
-            ) from None
+                f"This coupon is {shown}; it cannot be {'frozen' if frozen else 'unfrozen'}.",
+                code=_REFUSALS.get(shown, "invalid_transition"),
+            )
         table = _coupons.USER_COUPONS
         moved = (
             await session.execute(

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from coupon import service as coupon_service
 from picool.kernel import Kernel
@@ -39,6 +40,21 @@ def window(start_offset: timedelta, end_offset: timedelta) -> dict[str, Any]:
     """A fixed validity relative to now."""
     now = datetime.now(UTC)
     return {"kind": "fixed", "starts_at": iso(now + start_offset), "ends_at": iso(now + end_offset)}
+
+
+async def close_window(kernel: Kernel, coupon: coupon_service.CouponRecord, *, invalidate: bool = True) -> None:
+    """Move a coupon's window into the past behind the service's back (as time passing would), then
+    (by default) drop its owner's cached wallet pages so the next read reloads it."""
+    async with kernel.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE user_coupons SET valid_from = now() - interval '2 days', valid_to = now() - interval '1 day' "
+                "WHERE user_id = :u AND id = :id"
+            ),
+            {"u": coupon.user_id, "id": coupon.id},
+        )
+    if invalidate:
+        await coupon_service.invalidate_wallets(kernel, [coupon.user_id])
 
 
 MakeTemplate = Callable[..., Awaitable[dict[str, Any]]]
