@@ -191,7 +191,8 @@ class TaskService:
         """Rebuild the nearby index from PostgreSQL; returns how many tasks are listed."""
         now = utcnow()
         async with self.ctx.kernel.sessionmaker() as session:
-            rows = (await session.execute(select(*INDEX_COLUMNS).where(models.Task.status != "ended"))).all()
+            # Ended tasks too: their versions are the tombstones that keep late updates from re-adding them.
+            rows = (await session.execute(select(*INDEX_COLUMNS))).all()
         return await self.ctx.index.rebuild([entry_of(r, now) for r in rows])
 
 
