@@ -8,13 +8,17 @@ import base64
 import hashlib
 import secrets
 import time
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import jwt
+from sqlalchemy import update
 
 from auth import service as auth_service
+from auth.models import RefreshFamily, RefreshToken
 from auth.service._sessions import CodeGrant
+from auth.service._tokens import refresh_hash
 from picool.kernel import Kernel
 from tests.conftest import Accounts, Actor
 
@@ -414,3 +418,46 @@ async def test_logout_revokes_family_session_and_token(client: httpx.AsyncClient
     assert await _me(client, via_code["access_token"]) == 401
     assert (await _refresh(client, via_code["refresh_token"])).status_code == 400
     assert (await client.post("/api/v1/auth/logout")).status_code == 401
+
+
+async def test_refresh_lifetime_slides_and_is_capped(
+    client: httpx.AsyncClient, accounts: Accounts, kernel: Kernel
+) -> None:
+    runner = await accounts.runner()
+    settings = kernel.settings
+
+    async def stored(token: str) -> tuple[RefreshToken, RefreshFamily]:
+        async with kernel.sessionmaker() as session:
+            found = await auth_service.services_of(kernel).tokens.find_refresh(session, token)
+        assert found is not None
+        return found
+
+    tok, fam = await stored(runner.refresh_token)
+    assert tok.token_hash != runner.refresh_token.encode()  # only the hash is stored
+    assert abs((tok.expires_at - tok.created_at).total_seconds() - settings.refresh_token_ttl_s) < 5
+    assert abs((fam.expires_at - fam.created_at).total_seconds() - settings.refresh_token_max_s) < 5
+    # near the family's cap, a rotation grants only what is left of it
+    cap = datetime.now(UTC) + timedelta(days=2)
+    async with kernel.sessionmaker() as session, session.begin():
+        await session.execute(update(RefreshFamily).where(RefreshFamily.id == fam.id).values(expires_at=cap))
+    body = (await _refresh(client, runner.refresh_token)).json()
+    new_tok, _fam = await stored(body["refresh_token"])
+    assert abs((new_tok.expires_at - cap).total_seconds()) < 1
+    # past the cap (or past the token's own expiry) the refresh token is dead
+    async with kernel.sessionmaker() as session, session.begin():
+        await session.execute(
+            update(RefreshFamily)
+            .where(RefreshFamily.id == fam.id)
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    resp = await _refresh(client, body["refresh_token"])
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
+    other = await accounts.login(runner.email, runner.password)
+    async with kernel.sessionmaker() as session, session.begin():
+        await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.token_hash == refresh_hash(other["refresh_token"]))
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    resp = await _refresh(client, other["refresh_token"])
+    assert resp.status_code == 400 and "expired" in resp.json()["error_description"]
