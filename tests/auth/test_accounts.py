@@ -214,3 +214,20 @@ async def test_create_operator_service_refuses_duplicates(client: httpx.AsyncCli
         pass
     else:
         raise AssertionError("a second operator with the same email was created")
+
+
+async def test_hostile_login_bodies_are_4xx(client: httpx.AsyncClient) -> None:
+    bodies: list[object] = [
+        {},
+        {"email": "a@example.com", "password": PASSWORD},
+        {"email": "a" * 2000, "password": PASSWORD, "client_id": "runner-app"},
+        {"email": "a@example.com", "password": "p" * 2000, "client_id": "runner-app"},
+        {"email": "a@example.com", "password": PASSWORD, "client_id": ""},
+        {"email": ["a"], "password": PASSWORD, "client_id": "runner-app"},
+        [1, 2, 3],
+        "string",
+    ]
+    for body in bodies:
+        resp = await client.post("/api/v1/auth/login", json=body)
+        assert 400 <= resp.status_code < 500, (body, resp.text)
+        assert resp.headers["content-type"].startswith("application/problem+json")

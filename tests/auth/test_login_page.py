@@ -209,3 +209,12 @@ async def test_full_authorization_code_flow_with_authlib_and_pyjwkclient(
         )
     assert claims["sub"] == runner.user_id and claims["role"] == "runner" and claims["client_id"] == "runner-app"
     assert jwt.get_unverified_header(token["access_token"])["kid"] in {k["kid"] for k in json.loads(jwks)["keys"]}
+
+
+async def test_hostile_login_posts_are_4xx(client: httpx.AsyncClient) -> None:
+    await _login_form(client)
+    for kwargs in ({"json": {"email": "a@example.com"}}, {"content": b"\xff\xfe"}, {"data": {"csrf": "x" * 100_000}}):
+        resp = await client.post("/login", **kwargs)  # type: ignore[arg-type]
+        assert 400 <= resp.status_code < 500, kwargs
+    resp = await client.get("/login", params={"next": "x" * 5000})
+    assert resp.status_code == 200

@@ -461,3 +461,58 @@ async def test_refresh_lifetime_slides_and_is_capped(
         )
     resp = await _refresh(client, other["refresh_token"])
     assert resp.status_code == 400 and "expired" in resp.json()["error_description"]
+
+
+async def test_confidential_client_code_flow_needs_its_secret(
+    client: httpx.AsyncClient, accounts: Accounts, kernel: Kernel
+) -> None:
+    await accounts.runner()
+    cid = "partner-web"
+    async with kernel.sessionmaker() as session, session.begin():
+        secret = await auth_service.create_client(
+            session, cid, "Partner", confidential=True, redirect_uris=["https://partner.example/cb"],
+            grant_types=["authorization_code", "refresh_token"], scopes=["profile"],
+        )  # fmt: skip
+    assert secret
+    # PKCE is optional for confidential clients (their secret binds the code), but S256 only when used
+    q = _query(await _authorize(client, None, client_id=cid, redirect_uri="https://partner.example/cb"))
+    form = {"grant_type": "authorization_code", "code": q["code"], "redirect_uri": "https://partner.example/cb"}
+    resp = await client.post("/oauth2/token", data={**form, "client_id": cid})
+    assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
+    q = _query(await _authorize(client, None, client_id=cid, redirect_uri="https://partner.example/cb"))
+    form["code"] = q["code"]
+    resp = await client.post("/oauth2/token", data=form, auth=(cid, secret))
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["refresh_token"]
+
+
+async def test_hostile_authorize_and_token_requests_are_4xx(client: httpx.AsyncClient, accounts: Accounts) -> None:
+    await accounts.runner()
+    _v, challenge = _pkce()
+    resp = await client.get(
+        "/oauth2/authorize",
+        params=[("response_type", "code"), ("client_id", "runner-app"), ("redirect_uri", REDIRECT),
+                ("code_challenge", challenge), ("code_challenge_method", "S256"), ("state", "a"), ("state", "b")],
+    )  # fmt: skip
+    assert _query(resp)["error"] == "invalid_request"
+    q = _query(await _authorize(client, challenge, response_type="token"))
+    assert q["error"] == "unsupported_response_type"
+    q = _query(await _authorize(client, challenge, scope="admin"))
+    assert q["error"] == "invalid_scope"
+    q = _query(await _authorize(client, challenge, state="x" * 2000))
+    assert q["error"] == "invalid_request"
+    for data in ({}, {"grant_type": ""}, {"grant_type": "authorization_code"}, {"grant_type": "x" * 10_000}):
+        resp = await client.post("/oauth2/token", data={**data, "client_id": "runner-app"})
+        assert resp.status_code == 400, data
+        assert resp.json()["error"] in {"invalid_request", "unsupported_grant_type"}
+    for header in (
+        "Basic !!!",
+        "Basic " + base64.b64encode(b"no-colon").decode(),
+        "Basic " + base64.b64encode(b"\xff:x").decode(),
+    ):
+        resp = await client.post(
+            "/oauth2/token", data={"grant_type": "client_credentials"}, headers={"Authorization": header}
+        )
+        assert resp.status_code == 401 and resp.json()["error"] == "invalid_client", header
+    resp = await client.post("/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": "x"})
+    assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
