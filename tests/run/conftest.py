@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Awaitable, Callable
+import uuid
 from datetime import datetime
 from typing import Any
 
 import httpx
-import pytest
+from aiokafka import AIOKafkaConsumer
 
+from picool import events
+from picool.kernel import Kernel
 from run import domain
 
 SHANGHAI = (31.2304, 121.4737)
@@ -94,11 +97,31 @@ def ms(rfc3339: str) -> int:
     return math.floor(datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-@pytest.fixture
-def new_template(client: httpx.AsyncClient) -> Callable[..., Awaitable[str]]:
-    """``await new_template(headers, distribution="task_reward")``."""
-
-    async def make(headers: dict[str, str], distribution: str = "task_reward") -> str:
-        return await make_template(client, headers, distribution)
-
-    return make
+async def read_events(kernel: Kernel, run_id: str, timeout_s: float = 20.0, settle_s: float = 1.0) -> list[Any]:
+    """Every envelope about ``run_id`` on the run.completed topic, read from the start with a fresh group;
+    keeps reading ``settle_s`` after the first one so duplicates would show."""
+    consumer = AIOKafkaConsumer(
+        kernel.settings.topic(events.TOPIC_RUN_COMPLETED),
+        bootstrap_servers=kernel.settings.kafka_bootstrap,
+        group_id=f"run-e2e-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    found: list[Any] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    try:
+        while loop.time() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    env = events.decode_envelope(record.value)
+                    payload = events.decode_payload(env)
+                    if isinstance(payload, events.RunCompletedV1) and payload.run_id == run_id:
+                        found.append((env, payload, record.key))
+            if found:
+                deadline = min(deadline, loop.time() + settle_s)
+    finally:
+        await consumer.stop()
+    return found
