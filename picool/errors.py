@@ -203,6 +203,14 @@ def _internal_handler(request: Request[Any, Any, Any], exc: Exception) -> Respon
     )
 
 
+def _recursion_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    # litestar decodes a JSON body before validating it; msgspec refuses absurd nesting with a
+    # RecursionError, which is the client's bad input, not our failure.
+    if "deserializ" in str(exc):
+        return problem(400, "invalid_request", "Invalid request", "The body is nested too deeply.", request=request)
+    return _internal_handler(request, exc)
+
+
 def exception_handlers() -> ExceptionHandlersMap:
     """The exception handlers every Picool app installs."""
     return {
@@ -212,6 +220,7 @@ def exception_handlers() -> ExceptionHandlersMap:
         PermissionDeniedException: _http_handler,
         NotFoundException: _http_handler,
         HTTPException: _http_handler,
+        RecursionError: _recursion_handler,
         Exception: _internal_handler,
     }
 
