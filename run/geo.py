@@ -52,6 +52,12 @@ return 1
 """
 
 
+def redis_lon(lon: float) -> float:
+    """``lon`` as handed to Redis: 180 becomes -180 (the same meridian). Redis files 180 in the last
+    geohash cell, where searches from the -180 side do not look, so one spelling is used throughout."""
+    return lon - 360.0 if lon >= 180.0 else lon
+
+
 @dataclass(frozen=True, slots=True)
 class IndexEntry:
     """What the index needs to know about one task at one version."""
@@ -102,7 +108,7 @@ class TaskIndex:
         for e in entries:
             await self._apply(
                 keys=[GEO_KEY, VERSIONS_KEY],
-                args=[str(e.task_id), e.version, 1 if e.listed else 0, repr(e.lon), repr(e.lat)],
+                args=[str(e.task_id), e.version, 1 if e.listed else 0, repr(redis_lon(e.lon)), repr(e.lat)],
             )
 
     async def search(self, lat: float, lon: float, radius_m: float, count: int) -> SearchResult:
@@ -133,7 +139,7 @@ class TaskIndex:
         redis_radius = SCALE * (radius_m + POSITION_ERROR_M) + SLACK_M
         rows: Any = await self.redis.geosearch(
             GEO_KEY,
-            longitude=lon,
+            longitude=redis_lon(lon),
             latitude=lat,
             radius=redis_radius,
             unit="m",
@@ -164,7 +170,7 @@ class TaskIndex:
                 if geo_chunk:
                     values: list[Any] = []
                     for e in geo_chunk:
-                        values += [e.lon, e.lat, str(e.task_id)]
+                        values += [redis_lon(e.lon), e.lat, str(e.task_id)]
                     pipe.geoadd(_REBUILD_KEY, values)
                 pipe.hset(_REBUILD_VERSIONS_KEY, mapping={str(e.task_id): e.version for e in chunk})
                 await pipe.execute()

@@ -49,12 +49,19 @@ def upgrade() -> None:
     op.create_index(
         "ix_run_tasks_live_ends_at", "run_tasks", ["ends_at"], postgresql_where=sa.text("status <> 'ended'")
     )
-    op.create_index("ix_run_tasks_unopened_starts_at", "run_tasks", ["starts_at"], postgresql_where=sa.text("NOT opened"))
+    op.create_index(
+        "ix_run_tasks_unopened_starts_at", "run_tasks", ["starts_at"], postgresql_where=sa.text("NOT opened")
+    )
 
     op.create_table(
         "run_runs",
         sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
-        sa.Column("task_id", sa.BigInteger, sa.ForeignKey("run_tasks.id", name="fk_run_runs_task_id_run_tasks"), nullable=False),
+        sa.Column(
+            "task_id",
+            sa.BigInteger,
+            sa.ForeignKey("run_tasks.id", name="fk_run_runs_task_id_run_tasks"),
+            nullable=False,
+        ),
         sa.Column("runner_id", sa.String(64), nullable=False),
         sa.Column("merchant_id", sa.String(64), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
@@ -67,9 +74,7 @@ def upgrade() -> None:
         sa.Column("track", sa.LargeBinary, nullable=False, server_default=sa.text("''::bytea")),
         sa.Column("point_count", sa.Integer, nullable=False, server_default="0"),
         sa.Column("last_ts_ms", sa.BigInteger, nullable=True),
-        sa.CheckConstraint(
-            "status IN ('active', 'completed', 'rejected', 'expired')", name="ck_run_runs_status_known"
-        ),
+        sa.CheckConstraint("status IN ('active', 'completed', 'rejected', 'expired')", name="ck_run_runs_status_known"),
     )
     # Exactly one active run per (task, runner): the last line of defence behind the service's checks.
     op.create_index(
@@ -80,7 +85,9 @@ def upgrade() -> None:
         postgresql_where=sa.text("status = 'active'"),
     )
     op.create_index("ix_run_runs_runner_id_id", "run_runs", ["runner_id", "id"])
-    op.create_index("ix_run_runs_active_deadline", "run_runs", ["deadline"], postgresql_where=sa.text("status = 'active'"))
+    op.create_index(
+        "ix_run_runs_active_deadline", "run_runs", ["deadline"], postgresql_where=sa.text("status = 'active'")
+    )
     op.create_index("ix_run_runs_task_id", "run_runs", ["task_id"])
     # The track is appended to and read whole; it is already compact, so skip TOAST compression.
     op.execute("ALTER TABLE run_runs ALTER COLUMN track SET STORAGE EXTERNAL")

@@ -688,3 +688,13 @@ async def test_week_distance_counts_only_this_week(world: World, accounts: Any) 
     stats = (await world.client.get("/api/v1/run/me/stats", headers=runner.headers)).json()
     assert stats["completed"] == 2
     assert stats["week_distance_m"] == pytest.approx(stats["total_distance_m"] / 2, rel=0.01)
+
+
+async def test_openapi_documents_the_run_api(client: httpx.AsyncClient) -> None:
+    resp = await client.get("/schema/openapi.json")
+    assert resp.status_code == 200
+    paths = resp.json()["paths"]
+    for path in [TASKS, NEARBY, f"{TASKS}/{{task_id}}", f"{TASKS}/{{task_id}}/runs", f"{RUNS}/{{run_id}}/points",
+                 f"{RUNS}/{{run_id}}/finish", "/api/v1/run/me/runs", "/api/v1/run/me/stats"]:  # fmt: skip
+        assert path in paths, sorted(paths)
+    assert "requestBody" in paths[TASKS]["post"]

@@ -41,6 +41,11 @@ def destination(lat: float, lon: float, bearing_deg: float, dist_m: float) -> tu
     return lat2, lon2
 
 
+def spelled(lon: float, as_180: bool) -> float:
+    """The antimeridian may be written 180 or -180; both must work."""
+    return 180.0 if as_180 and lon == -180.0 else lon
+
+
 @dataclass
 class Spec:
     """One generated task: where it is relative to the centre and what state it is in."""
@@ -53,6 +58,7 @@ class Spec:
     completed: int
     window: str  # none | open | future | past
     same_as_previous: bool
+    as_180: bool
 
 
 specs = st.builds(
@@ -65,9 +71,12 @@ specs = st.builds(
     completed=st.integers(0, 3),
     window=st.sampled_from(["none", "none", "open", "future", "past"]),
     same_as_previous=st.booleans(),
+    as_180=st.booleans(),
 )
 centre_lats = st.one_of(st.floats(-90, 90), st.floats(84.0, 90.0), st.floats(-90.0, -84.0), st.just(85.0))
-centre_lons = st.one_of(st.floats(-180, 180), st.floats(179.0, 180.0), st.floats(-180.0, -179.0))
+centre_lons = st.one_of(
+    st.floats(-180, 180), st.floats(179.0, 180.0), st.floats(-180.0, -179.0), st.sampled_from([180.0, -180.0])
+)
 
 
 async def clear(kernel: Kernel) -> None:
@@ -145,6 +154,7 @@ async def test_nearby_equals_brute_force_haversine(
             t_lat, t_lon = rows[-1].lat, rows[-1].lon  # a tie in distance
         else:
             t_lat, t_lon = destination(lat, lon, spec.bearing, spec.factor * radius)
+            t_lon = spelled(t_lon, spec.as_180)
         starts, ends = windows[spec.window]
         reserved = min(spec.reserved, spec.quota)
         rows.append(
@@ -232,3 +242,13 @@ async def test_reindex_rebuilds_from_postgres(client: httpx.AsyncClient, kernel:
     await clear(kernel)
     assert await tasks_service(kernel).reindex() == 0
     assert await index.members() == set()
+
+
+async def test_antimeridian_written_either_way(client: httpx.AsyncClient, kernel: Kernel) -> None:
+    east = task_row(kernel, 0.0, 180.0)
+    west = task_row(kernel, 0.00005, -180.0)
+    across = task_row(kernel, 0.0, -179.9999)
+    await insert(kernel, [east, west, across])
+    for lon in (180.0, -180.0, 179.99995):
+        got = await tasks_service(kernel).nearby(0.0, lon, 20, 10)
+        assert {t.id for t in got} == {str(east.id), str(west.id), str(across.id)}, lon
