@@ -50,15 +50,17 @@ async def _record_failure(
 async def reward_run(kernel: Kernel, event_id: str, ev: events.RunCompletedV1) -> int | None:
     """Apply one ``RunCompletedV1`` in its own transaction; returns the runner whose wallet changed."""
     now = datetime.now(UTC)
+    runner_id = parse_id_str(ev.runner_id)
+    template_id = parse_id_str(ev.reward_template_id)
+    # The template (immutable but for its counters) is read before the transaction opens, so the
+    # transaction never holds a pooled connection while the cache may need another one.
+    template = None if template_id is None else await coupon_service.get_template(kernel, template_id)
     async with kernel.sessionmaker() as session, session.begin():
         if not await outbox.first_deliveries(session, CONSUMER, [event_id]):
             return None
-        runner_id = parse_id_str(ev.runner_id)
-        template_id = parse_id_str(ev.reward_template_id)
         if runner_id is None or template_id is None or not 0 < len(ev.run_id) <= MAX_REF:
             await _record_failure(session, event_id, ev, "invalid_event", "runner, template or run id is malformed")
             return None
-        template = await coupon_service.get_template(kernel, template_id)
         if template is None:
             await _record_failure(session, event_id, ev, "template_not_found")
             return None

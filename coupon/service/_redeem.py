@@ -1,11 +1,14 @@
 """Redemption at the till and its reversal.
 
-One transaction per redemption, in this order:
+Reads first, without a transaction:
 
 1. the idempotency key: a stored answer for (merchant, key) is returned as it was (409
    ``idempotency_conflict`` when the key comes back with another code or amount);
 2. the coupon, found in the one partition its code names; ownership (``wrong_merchant``), state
-   and threshold are checked so the answer names the real reason;
+   and threshold are checked so the answer names the real reason.
+
+Then one transaction, whose conditional writes re-check whatever may have changed meanwhile:
+
 3. the redemption row is inserted ``ON CONFLICT DO NOTHING`` on (merchant, key): a concurrent
    request with the same key waits here for ours and then replays our answer;
 4. the coupon row moves ``unused → used`` with one conditional UPDATE (status and window in the
@@ -148,31 +151,36 @@ async def redeem(kernel: Kernel, actor: Actor, req: RedeemRequest, now: datetime
         raise UnknownCode(f"No coupon has this code ({err}).") from None
     fingerprint = _fingerprint(parsed.canonical, req)
 
-    async with kernel.sessionmaker() as session, session.begin():
+    # Reads first, holding no transaction: the template may come from PostgreSQL through the cache,
+    # and a transaction that waits on it while holding a pooled connection could starve the pool.
+    async with kernel.sessionmaker() as session:
         stored = await _stored(session, merchant_id, req.idempotency_key)
-        if stored is not None:
-            return _replay(stored, fingerprint)
-        coupon = await _coupons.find_by_code(session, parsed.canonical)
-        if coupon is None:
-            raise UnknownCode("No coupon has this code.")
-        if coupon.merchant_id is not None and coupon.merchant_id != merchant_id:
-            raise Conflict("This coupon belongs to another merchant.", code="wrong_merchant")
-        try:
-            coupon_domain.ensure_redeemable(
-                coupon_domain.CouponStatus(coupon.status), coupon.valid_from, coupon.valid_to, now
-            )
-        except coupon_domain.TransitionError as err:
-            raise _refusal(err) from None
-        template = await _templates.require_template(kernel, coupon.template_id)
-        rule = template.parsed_rule()
-        base = coupon_domain.base_amount(rule, req.order_amount_cents, req.items)
-        discount = coupon_domain.discount_for(rule, req.order_amount_cents, req.items)
-        if not coupon_domain.threshold_met(rule, base) or discount == 0:
-            raise Conflict(
-                f"The order does not meet this coupon's conditions ({coupon_domain.describe_rule(rule)}).",
-                code="threshold_not_met",
-            )
+        coupon = None if stored is not None else await _coupons.find_by_code(session, parsed.canonical)
+    if stored is not None:
+        return _replay(stored, fingerprint)
+    if coupon is None:
+        raise UnknownCode("No coupon has this code.")
+    if coupon.merchant_id is not None and coupon.merchant_id != merchant_id:
+        raise Conflict("This coupon belongs to another merchant.", code="wrong_merchant")
+    try:
+        coupon_domain.ensure_redeemable(
+            coupon_domain.CouponStatus(coupon.status), coupon.valid_from, coupon.valid_to, now
+        )
+    except coupon_domain.TransitionError as err:
+        raise _refusal(err) from None
+    template = await _templates.require_template(kernel, coupon.template_id)
+    rule = template.parsed_rule()
+    base = coupon_domain.base_amount(rule, req.order_amount_cents, req.items)
+    discount = coupon_domain.discount_for(rule, req.order_amount_cents, req.items)
+    if not coupon_domain.threshold_met(rule, base) or discount == 0:
+        raise Conflict(
+            f"The order does not meet this coupon's conditions ({coupon_domain.describe_rule(rule)}).",
+            code="threshold_not_met",
+        )
 
+    # The checks above were made on a snapshot; the transaction below re-checks what can change
+    # (the key, the coupon's status and window) with conditional writes.
+    async with kernel.sessionmaker() as session, session.begin():
         transaction_id = kernel.ids.next_id(models.shard_of_user(coupon.user_id))
         claimed = (
             await session.execute(

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from coupon import codes as coupon_codes
+from coupon import service as coupon_service
 from picool.kernel import Kernel
 from tests.coupon.conftest import Issue, MakeTemplate, close_window, iso
 
@@ -180,6 +181,9 @@ async def test_fifty_concurrent_redemptions_of_one_code(
     client: httpx.AsyncClient, kernel: Kernel, setup: dict[str, Any]
 ) -> None:
     merchant, coupon = setup["merchant"], setup["coupon"]
+    # A cold template cache too: fifty requests (more than the connection pool holds) must not wait
+    # on one loader while holding every pooled connection.
+    await coupon_service.invalidate_template(kernel, coupon.template_id)
     responses = await asyncio.gather(
         *(client.post(REDEEM, json=_body(coupon.code), headers=merchant.headers) for _ in range(50))
     )
