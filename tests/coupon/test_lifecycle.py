@@ -40,6 +40,16 @@ def _expiry_job(kernel: Kernel) -> Periodic:
 
 
 @pytest.fixture
+async def quiet_sweeper(client: httpx.AsyncClient, kernel: Kernel) -> Any:
+    """Keep the app's own expiry job (every minute, in the background) out of a test that counts what
+    a sweep did: hold its Redis lease, so its runs return without doing anything."""
+    lease = f"picool:lease:{_expiry_job(kernel).name}"
+    await kernel.redis.set(lease, b"test", px=600_000)
+    yield lease
+    await kernel.redis.delete(lease)
+
+
+@pytest.fixture
 async def held(accounts: Any, make_template: MakeTemplate, issue: Issue) -> dict[str, Any]:
     merchant, runner, operator = await accounts.merchant(), await accounts.runner(), await accounts.operator()
     template = await make_template(merchant, per_user_limit=10)
@@ -103,7 +113,7 @@ async def test_used_and_expired_coupons_cannot_be_frozen(
 
 
 async def test_a_frozen_coupon_unfrozen_after_its_window_reads_expired(
-    client: httpx.AsyncClient, kernel: Kernel, held: dict[str, Any]
+    client: httpx.AsyncClient, kernel: Kernel, held: dict[str, Any], quiet_sweeper: str
 ) -> None:
     operator, coupon = held["operator"], held["coupon"]
     await client.post(f"{COUPONS}/{coupon.id}/freeze", headers=operator.headers)
@@ -115,7 +125,9 @@ async def test_a_frozen_coupon_unfrozen_after_its_window_reads_expired(
     assert await _stored_status(kernel, coupon) == "expired"
 
 
-async def test_expiry_sweep(client: httpx.AsyncClient, kernel: Kernel, held: dict[str, Any], issue: Issue) -> None:
+async def test_expiry_sweep(
+    client: httpx.AsyncClient, kernel: Kernel, held: dict[str, Any], issue: Issue, quiet_sweeper: str
+) -> None:
     runner = held["runner"]
     others = [await issue(held["template"]["id"], runner.user_id) for _ in range(4)]
     due = [held["coupon"], *others[:2]]
@@ -126,17 +138,24 @@ async def test_expiry_sweep(client: httpx.AsyncClient, kernel: Kernel, held: dic
     unused = (await client.get("/api/v1/coupon/me/coupons?status=unused", headers=runner.headers)).json()["items"]
     assert {c["id"] for c in unused} == {str(c.id) for c in others[2:]}
 
+    await kernel.redis.delete(quiet_sweeper)
     await _expiry_job(kernel).run_once()
     assert [await _stored_status(kernel, c) for c in due] == ["expired"] * 3
     assert [await _stored_status(kernel, c) for c in others[2:]] == ["unused"] * 2
     assert (await _audit(kernel, due[0].id))[-1] == ("system:expiry", "unused", "expired", "validity ended")
     expired = (await client.get("/api/v1/coupon/me/coupons?status=expired", headers=runner.headers)).json()["items"]
     assert {c["id"] for c in expired} == {str(c.id) for c in due}
+    await kernel.redis.set(quiet_sweeper, b"test", px=600_000)
     assert await coupon_service.expire_due(kernel, datetime.now(UTC)) == 0  # nothing left, safe to run twice
 
 
 async def test_expiry_works_in_batches_across_partitions(
-    client: httpx.AsyncClient, kernel: Kernel, accounts: Any, make_template: MakeTemplate, issue: Issue
+    client: httpx.AsyncClient,
+    kernel: Kernel,
+    accounts: Any,
+    make_template: MakeTemplate,
+    issue: Issue,
+    quiet_sweeper: str,
 ) -> None:
     merchant = await accounts.merchant()
     template = await make_template(merchant, per_user_limit=10, total_count=1000)
