@@ -62,7 +62,7 @@ def path_length_m(points: Iterable[TrackPoint]) -> float:
     return total
 
 
-def track_length_m(points: Sequence[TrackPoint], min_step_m: float = 10.0, smooth_window_s: float = 2.0) -> float:
+def track_length_m(points: Sequence[TrackPoint], min_step_m: float = 10.0, smooth_window_s: float = 5.0) -> float:
     """Distance in metres credited to a track (taken in timestamp order), robust to GPS
     jitter.
 
@@ -71,7 +71,8 @@ def track_length_m(points: Sequence[TrackPoint], min_step_m: float = 10.0, smoot
     cutting. It never counts more than `path_length_m` of the smoothed positions.
 
     Definition: each position is first replaced by the mean of the positions recorded
-    within `smooth_window_s` seconds of it (a centred moving average in time). Then an
+    within `smooth_window_s` seconds of it (a centred moving average in time, narrowed
+    near the ends of the track so that it stays centred). Then an
     anchor walks the smoothed track: a point is credited, and becomes the new anchor,
     only once it is at least max(`min_step_m`, that point's reported accuracy) from the
     current anchor. The remainder from the last anchor to the last point is credited at
@@ -100,14 +101,22 @@ def _wrap_lon(lon: float) -> float:
 
 def _smooth(points: Sequence[TrackPoint], window_ms: float) -> list[tuple[float, float]]:
     """Centred moving average in time of a time-ordered track; longitudes averaged as offsets so that a window
-    straddling the antimeridian does not average to 0."""
+    straddling the antimeridian does not average to 0.
+
+    Near the ends the window narrows so that it stays centred (the first and last points are kept as
+    they are): a one-sided window would pull the ends inwards and shorten every track by about
+    speed x window.
+    """
     out: list[tuple[float, float]] = []
     lo = hi = 0
     n = len(points)
+    t_first, t_last = points[0].ts_ms, points[-1].ts_ms
     for p in points:
-        while points[lo].ts_ms < p.ts_ms - window_ms:
+        half = min(window_ms, p.ts_ms - t_first, t_last - p.ts_ms)
+        # Both bounds only move forward as p does, so two cursors suffice.
+        while points[lo].ts_ms < p.ts_ms - half:
             lo += 1
-        while hi + 1 < n and points[hi + 1].ts_ms <= p.ts_ms + window_ms:
+        while hi + 1 < n and points[hi + 1].ts_ms <= p.ts_ms + half:
             hi += 1
         window = points[lo : hi + 1]
         lat = sum(q.lat for q in window) / len(window)
@@ -397,7 +406,7 @@ class VerifyConfig:
     max_gap_jump_m: float = 500.0
     min_points: int = 10
     min_step_m: float = 10.0
-    smooth_window_s: float = 2.0
+    smooth_window_s: float = 5.0
 
 
 DEFAULT_VERIFY_CONFIG: Final = VerifyConfig()

@@ -548,3 +548,18 @@ def test_empty_track_with_no_minimum_is_still_too_few_points() -> None:
 def test_track_length_takes_points_in_time_order() -> None:
     points = line(50, 3.0)
     assert domain.track_length_m(points[::-1]) == domain.track_length_m(points)
+
+
+def test_slow_noisy_sparse_runs_are_not_overcounted() -> None:
+    # 4 m of GPS noise, a fix every ~3 s, walking pace: the 2 s smoothing of old let jitter add up to
+    # +45 % here. Every seed must land within 20 % of the 300 m actually covered.
+    for seed in range(40):
+        runner = Runner(random.Random(seed), (0.0, 0.0), 300.0, 0.0, T0, 3.0, 4.0)
+        points = [runner.fix(), *runner.go(0, 0, 2.0)]
+        assert domain.track_length_m(points) == pytest.approx(300, rel=0.2), seed
+
+
+def test_smoothing_does_not_shorten_the_ends() -> None:
+    # A straight, noise-free line at 3 m/s: a one-sided window at the ends would cut ~2 x 7.5 m.
+    points = [TrackPoint(T0 + k * 1000, 0.0, math.degrees(3.0 * k / R)) for k in range(101)]
+    assert domain.track_length_m(points) == pytest.approx(300, abs=0.5)
