@@ -78,6 +78,7 @@ def template_out(t: coupon_service.TemplateRecord) -> schemas.Template:
         distribution=t.distribution,
         status=t.status,
         created_at=t.created_at,
+        rule_text=coupon_domain.describe_rule(t.parsed_rule()),
     )
 
 
@@ -142,6 +143,23 @@ class CouponController(Controller):
         )
         record = await coupon_service.create_template(kernel, actor_of(identity), new)
         return template_out(record)
+
+    @get("/templates", guards=[roles("merchant", "operator")])
+    async def list_templates(
+        self,
+        identity: Identity,
+        kernel: Kernel,
+        cursor: Annotated[str | None, QueryParameter(max_length=20)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 50,
+    ) -> schemas.TemplateList:
+        """The batches the caller manages, newest first: a merchant's own, an operator's platform batches."""
+        before = None
+        if cursor is not None:
+            before = parse_id_str(cursor)
+            if before is None:
+                raise InvalidRequest("cursor: must be a next_cursor from a previous page")
+        items, next_cursor = await coupon_service.list_templates(kernel, actor_of(identity), before, limit)
+        return schemas.TemplateList(items=[template_out(t) for t in items], next_cursor=_str(next_cursor))
 
     @get("/templates/{template_id:str}", guards=[authenticated])
     async def get_template(self, template_id: FromPath[str], kernel: Kernel) -> schemas.Template:
@@ -226,6 +244,27 @@ class CouponController(Controller):
         )
         result = await coupon_service.redeem(kernel, actor_of(identity), req, _now())
         return redemption_out(result)
+
+    @post("/redemptions/preview", guards=[roles("merchant")], status_code=200)
+    async def preview_redemption(
+        self, data: JSONBody[schemas.RedemptionPreviewRequest], identity: Identity, kernel: Kernel
+    ) -> schemas.RedemptionPreview:
+        """What redeeming this code for this order would take off, with every check of a redemption;
+        nothing is redeemed (the till shows it before the cashier confirms)."""
+        found = await coupon_service.preview_redemption(
+            kernel, actor_of(identity), data.code, data.order_amount_cents, items=_items(data.items), now=_now()
+        )
+        return schemas.RedemptionPreview(
+            code=found.coupon.code,
+            coupon_id=str(found.coupon.id),
+            template_id=str(found.template.id),
+            template_name=found.template.name,
+            rule_text=coupon_domain.describe_rule(found.template.parsed_rule()),
+            order_amount_cents=found.order_amount_cents,
+            discount_cents=found.discount_cents,
+            payable_cents=found.payable_cents,
+            valid_to=found.coupon.valid_to,
+        )
 
     @post("/redemptions/{transaction_id:str}/reversal", guards=[roles("merchant")], status_code=200)
     async def reverse(self, transaction_id: FromPath[str], identity: Identity, kernel: Kernel) -> schemas.Coupon:

@@ -45,6 +45,15 @@ class Template(msgspec.Struct, kw_only=True):
     distribution: str
     status: str
     created_at: datetime
+    # The rule as one English sentence ("20.00 off orders from 100.00"), so clients need not re-implement it.
+    rule_text: str = ""
+
+
+class TemplateList(msgspec.Struct, kw_only=True):
+    """A page of templates, newest first."""
+
+    items: list[Template]
+    next_cursor: str | None = None
 
 
 class TemplateStats(msgspec.Struct, kw_only=True):
@@ -142,6 +151,28 @@ class RedemptionCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     order_amount_cents: Cents
     idempotency_key: Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
     items: Annotated[list[OrderItem], Meta(max_length=500)] | None = None
+
+
+class RedemptionPreviewRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A code and an order, to see what redeeming would take off before confirming."""
+
+    code: Annotated[str, Meta(min_length=1, max_length=64)]
+    order_amount_cents: Cents
+    items: Annotated[list[OrderItem], Meta(max_length=500)] | None = None
+
+
+class RedemptionPreview(msgspec.Struct, kw_only=True):
+    """What a redemption of ``code`` for this order would give now; nothing is redeemed."""
+
+    code: str
+    coupon_id: str
+    template_id: str
+    template_name: str
+    rule_text: str
+    order_amount_cents: int
+    discount_cents: int
+    payable_cents: int
+    valid_to: datetime
 
 
 class Redemption(msgspec.Struct, kw_only=True):

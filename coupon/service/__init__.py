@@ -10,13 +10,22 @@ from coupon.service._issue import IssueOutcome, IssueRequest, IssueResult, issue
 from coupon.service._lifecycle import expire_due, get_coupon, set_frozen
 from coupon.service._quotes import CouponQuote, order_amount, quote
 from coupon.service._records import Actor, CouponRecord, TemplateRecord, WalletPage, system_actor
-from coupon.service._redeem import RedeemRequest, RedemptionResult, UnknownCode, redeem, reverse
+from coupon.service._redeem import (
+    RedeemRequest,
+    RedemptionPreview,
+    RedemptionResult,
+    UnknownCode,
+    preview_redemption,
+    redeem,
+    reverse,
+)
 from coupon.service._templates import (
     NewTemplate,
     Stats,
     create_template,
     get_template,
     invalidate_template,
+    list_templates,
     load_template,
     require_template,
     template_cache,
@@ -34,6 +43,7 @@ __all__ = [
     "IssueResult",
     "NewTemplate",
     "RedeemRequest",
+    "RedemptionPreview",
     "RedemptionResult",
     "Stats",
     "TemplateRecord",
@@ -49,10 +59,12 @@ __all__ = [
     "invalidate_template",
     "invalidate_wallets",
     "issue_coupon",
+    "list_templates",
     "load_page",
     "load_template",
     "new_identifiers",
     "order_amount",
+    "preview_redemption",
     "quote",
     "redeem",
     "require_template",

@@ -36,7 +36,7 @@ from coupon import codes as coupon_codes
 from coupon import domain as coupon_domain
 from coupon import models
 from coupon.service import _coupons, _templates, _wallet
-from coupon.service._records import Actor, CouponRecord
+from coupon.service._records import Actor, CouponRecord, TemplateRecord
 from picool.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from picool.kernel import Kernel
 
@@ -135,6 +135,82 @@ def use_statement(coupon: CouponRecord, merchant_id: int, now: datetime) -> Retu
     )
 
 
+def _parse(code: str, order_amount_cents: int) -> coupon_codes.ParsedCode:
+    if not 0 <= order_amount_cents <= coupon_domain.MAX_CENTS:
+        raise InvalidRequest(f"order_amount_cents: must be between 0 and {coupon_domain.MAX_CENTS}")
+    try:
+        return coupon_codes.parse_code(code)
+    except coupon_codes.CodeError as err:
+        raise UnknownCode(f"No coupon has this code ({err}).") from None
+
+
+async def _check(
+    kernel: Kernel,
+    merchant_id: int,
+    coupon: CouponRecord,
+    order_amount_cents: int,
+    *,
+    items: Sequence[coupon_domain.OrderItem] | None,
+    now: datetime,
+) -> tuple[TemplateRecord, int]:
+    """The coupon's template and the discount it gives this order at this merchant now; the same
+    409 problems as a redemption when it cannot be redeemed."""
+    if coupon.merchant_id is not None and coupon.merchant_id != merchant_id:
+        raise Conflict("This coupon belongs to another merchant.", code="wrong_merchant")
+    try:
+        coupon_domain.ensure_redeemable(
+            coupon_domain.CouponStatus(coupon.status), coupon.valid_from, coupon.valid_to, now
+        )
+    except coupon_domain.TransitionError as err:
+        raise _refusal(err) from None
+    template = await _templates.require_template(kernel, coupon.template_id)
+    rule = template.parsed_rule()
+    base = coupon_domain.base_amount(rule, order_amount_cents, items)
+    discount = coupon_domain.discount_for(rule, order_amount_cents, items)
+    if not coupon_domain.threshold_met(rule, base) or discount == 0:
+        raise Conflict(
+            f"The order does not meet this coupon's conditions ({coupon_domain.describe_rule(rule)}).",
+            code="threshold_not_met",
+        )
+    return template, discount
+
+
+@dataclass(frozen=True, slots=True)
+class RedemptionPreview:
+    """What redeeming a code for an order would give at this moment (nothing was redeemed)."""
+
+    coupon: CouponRecord
+    template: TemplateRecord
+    order_amount_cents: int
+    discount_cents: int
+
+    @property
+    def payable_cents(self) -> int:
+        """What the customer would pay."""
+        return self.order_amount_cents - self.discount_cents
+
+
+async def preview_redemption(
+    kernel: Kernel,
+    actor: Actor,
+    code: str,
+    order_amount_cents: int,
+    *,
+    items: Sequence[coupon_domain.OrderItem] | None,
+    now: datetime,
+) -> RedemptionPreview:
+    """Every check of :func:`redeem` without redeeming: the till shows the discount before the cashier
+    confirms. Raises exactly what :func:`redeem` would (except ``idempotency_conflict``)."""
+    merchant_id = _merchant_of(actor)
+    parsed = _parse(code, order_amount_cents)
+    async with kernel.sessionmaker() as session:
+        coupon = await _coupons.find_by_code(session, parsed.canonical)
+    if coupon is None:
+        raise UnknownCode("No coupon has this code.")
+    template, discount = await _check(kernel, merchant_id, coupon, order_amount_cents, items=items, now=now)
+    return RedemptionPreview(coupon, template, order_amount_cents, discount)
+
+
 async def redeem(kernel: Kernel, actor: Actor, req: RedeemRequest, now: datetime) -> RedemptionResult:
     """Redeem ``req.code`` for the actor's merchant (see the module docstring for the guarantees).
 
@@ -143,12 +219,7 @@ async def redeem(kernel: Kernel, actor: Actor, req: RedeemRequest, now: datetime
     ``Forbidden`` for a caller that is not merchant staff.
     """
     merchant_id = _merchant_of(actor)
-    if not 0 <= req.order_amount_cents <= coupon_domain.MAX_CENTS:
-        raise InvalidRequest(f"order_amount_cents: must be between 0 and {coupon_domain.MAX_CENTS}")
-    try:
-        parsed = coupon_codes.parse_code(req.code)
-    except coupon_codes.CodeError as err:
-        raise UnknownCode(f"No coupon has this code ({err}).") from None
+    parsed = _parse(req.code, req.order_amount_cents)
     fingerprint = _fingerprint(parsed.canonical, req)
 
     # Reads first, holding no transaction: the template may come from PostgreSQL through the cache,
@@ -160,23 +231,7 @@ async def redeem(kernel: Kernel, actor: Actor, req: RedeemRequest, now: datetime
         return _replay(stored, fingerprint)
     if coupon is None:
         raise UnknownCode("No coupon has this code.")
-    if coupon.merchant_id is not None and coupon.merchant_id != merchant_id:
-        raise Conflict("This coupon belongs to another merchant.", code="wrong_merchant")
-    try:
-        coupon_domain.ensure_redeemable(
-            coupon_domain.CouponStatus(coupon.status), coupon.valid_from, coupon.valid_to, now
-        )
-    except coupon_domain.TransitionError as err:
-        raise _refusal(err) from None
-    template = await _templates.require_template(kernel, coupon.template_id)
-    rule = template.parsed_rule()
-    base = coupon_domain.base_amount(rule, req.order_amount_cents, req.items)
-    discount = coupon_domain.discount_for(rule, req.order_amount_cents, req.items)
-    if not coupon_domain.threshold_met(rule, base) or discount == 0:
-        raise Conflict(
-            f"The order does not meet this coupon's conditions ({coupon_domain.describe_rule(rule)}).",
-            code="threshold_not_met",
-        )
+    _, discount = await _check(kernel, merchant_id, coupon, req.order_amount_cents, items=req.items, now=now)
 
     # The checks above were made on a snapshot; the transaction below re-checks what can change
     # (the key, the coupon's status and window) with conditional writes.

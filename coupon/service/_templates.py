@@ -149,6 +149,27 @@ async def require_template(kernel: Kernel, template_id: int) -> TemplateRecord:
     return template
 
 
+async def list_templates(
+    kernel: Kernel, actor: Actor, before: int | None, limit: int
+) -> tuple[list[TemplateRecord], int | None]:
+    """A page of the batches the actor manages, newest first: a merchant's own, or (operator) the
+    platform batches. Returns the page and the cursor of the next one (None on the last page)."""
+    table = models.CouponTemplate
+    if actor.role == "merchant" and actor.merchant_id is not None:
+        owner = table.merchant_id == actor.merchant_id
+    elif actor.role == "operator":
+        owner = table.merchant_id.is_(None)
+    else:
+        raise Forbidden("Only merchants and operators list coupon templates.")
+    stmt = select(table).where(owner)
+    if before is not None:
+        stmt = stmt.where(table.id < before)
+    async with kernel.sessionmaker() as session:
+        rows = (await session.execute(stmt.order_by(table.id.desc()).limit(limit + 1))).scalars().all()
+    page = [to_template(r) for r in rows[:limit]]
+    return page, (page[-1].id if len(rows) > limit else None)
+
+
 async def invalidate_template(kernel: Kernel, template_id: int) -> None:
     """Drop a template from every process's cache (call after committing a change to it)."""
     await template_cache(kernel).invalidate(str(template_id))

@@ -131,12 +131,14 @@ async def test_every_endpoint_wants_a_token(client: httpx.AsyncClient, world: di
     cid, tid = world["coupon"].id, world["template"]["id"]
     calls = [
         ("POST", "/api/v1/coupon/templates"),
+        ("GET", "/api/v1/coupon/templates"),
         ("GET", f"/api/v1/coupon/templates/{tid}"),
         ("GET", f"/api/v1/coupon/templates/{tid}/stats"),
         ("GET", "/api/v1/coupon/me/coupons"),
         ("GET", f"/api/v1/coupon/coupons/{cid}"),
         ("POST", "/api/v1/coupon/quotes"),
         ("POST", "/api/v1/coupon/redemptions"),
+        ("POST", "/api/v1/coupon/redemptions/preview"),
         ("POST", "/api/v1/coupon/redemptions/1/reversal"),
         ("POST", f"/api/v1/coupon/coupons/{cid}/freeze"),
         ("POST", f"/api/v1/coupon/coupons/{cid}/unfreeze"),
@@ -157,6 +159,7 @@ async def test_openapi_lists_the_coupon_api(client: httpx.AsyncClient) -> None:
         "/api/v1/coupon/me/coupons",
         "/api/v1/coupon/quotes",
         "/api/v1/coupon/redemptions",
+        "/api/v1/coupon/redemptions/preview",
         "/api/v1/coupon/redemptions/{transaction_id}/reversal",
         "/api/v1/coupon/coupons/{coupon_id}/freeze",
         "/api/v1/coupon/coupons/{coupon_id}/unfreeze",

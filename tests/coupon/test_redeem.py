@@ -259,3 +259,54 @@ async def test_redeem_needs_merchant_staff(client: httpx.AsyncClient, accounts: 
         resp = await client.post(REDEEM, json=body, headers=who.headers)
         assert resp.status_code == 403
     assert (await _stats(client, setup["merchant"], setup["template"]["id"]))["used"] == 0
+
+
+PREVIEW = "/api/v1/coupon/redemptions/preview"
+
+
+async def test_preview_shows_the_discount_and_redeems_nothing(
+    client: httpx.AsyncClient, kernel: Kernel, accounts: Any, setup: dict[str, Any]
+) -> None:
+    merchant, coupon = setup["merchant"], setup["coupon"]
+    resp = await client.post(PREVIEW, json={"code": coupon.code.lower(), "order_amount_cents": 12_345},
+                             headers=merchant.headers)  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["coupon_id"] == str(coupon.id) and body["code"] == coupon.code
+    assert body["template_id"] == setup["template"]["id"] and body["template_name"] == "20 off 100"
+    assert body["rule_text"] == "20.00 off orders from 100.00"
+    assert (body["order_amount_cents"], body["discount_cents"], body["payable_cents"]) == (12_345, 2_000, 10_345)
+    assert datetime.fromisoformat(body["valid_to"]) == coupon.valid_to
+    # Nothing happened: the coupon is unused, no redemption row, the counter untouched.
+    assert (await _stats(client, merchant, setup["template"]["id"]))["used"] == 0
+    assert await _count(kernel, "SELECT count(*) FROM redemptions WHERE coupon_id = :id", id=coupon.id) == 0
+    # Then the real redemption gives what the preview showed.
+    done = await client.post(REDEEM, json=_body(coupon.code, 12_345), headers=merchant.headers)
+    assert (done.json()["discount_cents"], done.json()["payable_cents"]) == (2_000, 10_345)
+
+
+async def test_preview_refuses_like_a_redemption(
+    client: httpx.AsyncClient, accounts: Any, setup: dict[str, Any]
+) -> None:
+    merchant, coupon, runner = setup["merchant"], setup["coupon"], setup["runner"]
+    other = await accounts.merchant()
+
+    async def refused(code: str, amount: int, who: Any = merchant) -> tuple[int, str]:
+        resp = await client.post(PREVIEW, json={"code": code, "order_amount_cents": amount}, headers=who.headers)
+        assert resp.headers["content-type"].startswith("application/problem+json")
+        return resp.status_code, resp.json()["code"]
+
+    assert await refused(coupon.code, 9_999) == (409, "threshold_not_met")
+    assert await refused(coupon.code, 20_000, other) == (409, "wrong_merchant")
+    assert await refused("hello", 20_000) == (404, "unknown_code")
+    assert await refused(coupon_codes.new_code(int(runner.user_id) % 16), 20_000) == (404, "unknown_code")
+    assert (await client.post(REDEEM, json=_body(coupon.code), headers=merchant.headers)).status_code == 200
+    assert await refused(coupon.code, 20_000) == (409, "already_used")
+    # Only merchant staff, and only well-formed bodies.
+    body = {"code": coupon.code, "order_amount_cents": 20_000}
+    assert (await client.post(PREVIEW, json=body, headers=runner.headers)).status_code == 403
+    assert (await client.post(PREVIEW, json=body)).status_code == 401
+    for bad in ({"code": coupon.code}, {"code": coupon.code, "order_amount_cents": -1},
+                {"code": coupon.code, "order_amount_cents": 1.5}, {**body, "idempotency_key": "x"}, []):  # fmt: skip
+        resp = await client.post(PREVIEW, json=bad, headers=merchant.headers)
+        assert (resp.status_code, resp.json()["code"]) == (400, "invalid_request"), bad

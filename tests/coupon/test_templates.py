@@ -263,3 +263,51 @@ async def _create(client: httpx.AsyncClient, headers: dict[str, str], **override
     assert resp.status_code == 201, resp.text
     body: dict[str, Any] = resp.json()
     return body
+
+
+async def test_templates_carry_their_rule_as_a_sentence(client: httpx.AsyncClient, accounts: Any) -> None:
+    merchant = await accounts.merchant()
+    rules = {
+        "20.00 off orders from 100.00": {"type": "full_reduction", "threshold_cents": 10_000, "amount_cents": 2_000},
+        "15% off, up to 30.00 off, on orders from 50.00": {
+            "type": "discount", "percent_off": 15, "max_discount_cents": 3_000, "threshold_cents": 5_000,
+        },
+        "5.05 off on category shoes": {
+            "type": "direct", "amount_cents": 505, "scope": {"kind": "category", "ids": ["shoes"]},
+        },
+    }  # fmt: skip
+    for sentence, rule in rules.items():
+        resp = await client.post(API, json=template_body(rule=rule), headers=merchant.headers)
+        assert resp.status_code == 201, resp.text
+        assert resp.json()["rule_text"] == sentence
+        assert (await client.get(f"{API}/{resp.json()['id']}", headers=merchant.headers)).json()[
+            "rule_text"
+        ] == sentence
+
+
+async def test_list_shows_own_templates_newest_first_in_pages(client: httpx.AsyncClient, accounts: Any) -> None:
+    merchant, other, operator, runner = (
+        await accounts.merchant(), await accounts.merchant(), await accounts.operator(), await accounts.runner(),
+    )  # fmt: skip
+    mine = []
+    for k in range(3):
+        resp = await client.post(API, json=template_body(name=f"mine {k}"), headers=merchant.headers)
+        mine.append(resp.json()["id"])
+    await client.post(API, json=template_body(name="theirs"), headers=other.headers)
+    platform = (await client.post(API, json=template_body(name="platform"), headers=operator.headers)).json()["id"]
+
+    first = await client.get(API, params={"limit": 2}, headers=merchant.headers)
+    assert first.status_code == 200, first.text
+    assert [t["id"] for t in first.json()["items"]] == [mine[2], mine[1]]
+    assert first.json()["items"][0]["rule_text"] == "20.00 off orders from 100.00"
+    cursor = first.json()["next_cursor"]
+    second = (await client.get(API, params={"limit": 2, "cursor": cursor}, headers=merchant.headers)).json()
+    assert [t["id"] for t in second["items"]] == [mine[0]] and second["next_cursor"] is None
+
+    ops = (await client.get(API, headers=operator.headers)).json()["items"]
+    assert [t["id"] for t in ops] == [platform]  # operators manage the platform batches
+    assert (await client.get(API, headers=runner.headers)).status_code == 403
+    assert (await client.get(API)).status_code == 401
+    bad = await client.get(API, params={"cursor": "nope"}, headers=merchant.headers)
+    assert (bad.status_code, bad.json()["code"]) == (400, "invalid_request")
+    assert (await client.get(API, params={"limit": 0}, headers=merchant.headers)).status_code == 400
