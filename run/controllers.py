@@ -117,6 +117,20 @@ class TaskController(Controller):
         body = await strict_body(request, schemas.TaskUpdate)
         return await _tasks(kernel).set_status(db_session, identity, service.parse_id(task_id, "task"), body.status)
 
+    @get("/{task_id:str}/runs")
+    async def task_runs(
+        self,
+        *,
+        task_id: FromPath[str],
+        identity: Identity,
+        db_session: AsyncSession,
+        kernel: Kernel,
+        cursor: FromQuery[str | None] = None,
+        limit: PageLimit = 20,
+    ) -> schemas.RunList:
+        """The task's runs, newest first (the task's merchant or an operator)."""
+        return await _runs(kernel).list_for_task(db_session, identity, service.parse_id(task_id, "task"), cursor, limit)
+
     @post("/{task_id:str}/runs", status_code=HTTP_201_CREATED)
     async def accept_task(
         self, task_id: FromPath[str], identity: Identity, db_session: AsyncSession, kernel: Kernel

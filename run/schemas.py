@@ -142,7 +142,7 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RunList(msgspec.Struct, frozen=True, kw_only=True):
-    """``GET /api/v1/run/me/runs``: newest first."""
+    """``GET /api/v1/run/me/runs`` and ``GET /api/v1/run/tasks/{id}/runs``: newest first."""
 
     items: list[Run]
     next_cursor: str | None

@@ -10,6 +10,7 @@ from typing import NoReturn
 from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from picool import events, outbox
 from picool.errors import Conflict, Forbidden, InvalidRequest, NotFound
@@ -292,6 +293,26 @@ class RunService:
         q = select(models.Run).where(models.Run.runner_id == identity.user_id)
         if status is not None:
             q = q.where(models.Run.status == status)
+        if cursor is not None:
+            if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19:
+                raise InvalidRequest("cursor is not one this API gave out.", errors=[_err("cursor", "invalid")])
+            q = q.where(models.Run.id < int(cursor))
+        rows = (await session.execute(q.order_by(models.Run.id.desc()).limit(limit + 1))).scalars().all()
+        items = [run_view(r) for r in rows[:limit]]
+        return schemas.RunList(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
+
+    async def list_for_task(
+        self, session: AsyncSession, identity: Identity, task_id: int, cursor: str | None, limit: int
+    ) -> schemas.RunList:
+        """A task's runs, newest first, for the task's merchant or an operator (403 for anyone else,
+        404 for an unknown task). The tracks stay in the database: a page is small whatever they hold."""
+        task = await session.get(models.Task, task_id)
+        if task is None:
+            raise NotFound(f"No task {task_id}.")
+        owner = identity.role == "merchant" and identity.merchant_id == task.merchant_id
+        if not (owner or identity.role == "operator"):
+            raise Forbidden("Only the task's merchant can see its runs.")
+        q = select(models.Run).options(defer(models.Run.track)).where(models.Run.task_id == task_id)
         if cursor is not None:
             if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19:
                 raise InvalidRequest("cursor is not one this API gave out.", errors=[_err("cursor", "invalid")])

@@ -677,6 +677,29 @@ async def test_my_runs_pages_and_stats(world: World, accounts: Any) -> None:
     }
 
 
+async def test_task_runs_for_its_merchant(world: World, accounts: Any) -> None:
+    task, other_task = await world.task(), await world.task(title="other")
+    runners = [await accounts.runner() for _ in range(3)]
+    done = await world.finish(runners[0], await world.run(runners[0], task))  # rejected: no points
+    live = [await world.run(r, task) for r in runners[1:]]
+    await world.run(runners[0], other_task)
+    url = f"{TASKS}/{task['id']}/runs"
+    page = (await world.client.get(url, params={"limit": 2}, headers=world.merchant.headers)).json()
+    assert [r["id"] for r in page["items"]] == [live[1]["id"], live[0]["id"]]
+    assert page["items"][0]["status"] == "active" and page["items"][0]["runner_id"] == runners[2].user_id
+    rest = (await world.client.get(url, params={"cursor": page["next_cursor"]}, headers=world.merchant.headers)).json()
+    assert [r["id"] for r in rest["items"]] == [done["id"]] and rest["next_cursor"] is None
+    assert rest["items"][0]["rejection_reason"] == "too_few_points"
+    operator = await accounts.operator()
+    assert len((await world.client.get(url, headers=operator.headers)).json()["items"]) == 3
+    assert_problem(await world.client.get(url, headers=runners[0].headers), 403)
+    assert_problem(await world.client.get(url, headers=(await accounts.merchant()).headers), 403)
+    assert_problem(await world.client.get(url), 401)
+    assert_problem(await world.client.get(f"{TASKS}/99999/runs", headers=world.merchant.headers), 404)
+    for bad in [{"limit": 0}, {"cursor": "x"}, {"cursor": "9" * 30}]:
+        assert_problem(await world.client.get(url, params=bad, headers=world.merchant.headers), 400)
+
+
 async def test_week_distance_counts_only_this_week(world: World, accounts: Any) -> None:
     runner = await accounts.runner()
     task = await world.task(quota=3)
