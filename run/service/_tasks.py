@@ -166,20 +166,24 @@ class TaskService:
         """End tasks whose window has closed and list tasks whose window has opened; returns how many
         changed. Safe to run concurrently and repeatedly."""
         now = utcnow()
+        T = models.Task
+        closing = select(T.id).where(T.status != "ended", T.ends_at <= now)
+        opening = select(T.id).where(~T.opened, T.status != "ended", T.starts_at <= now)
         async with self.ctx.kernel.sessionmaker() as session, session.begin():
+            # Lock in id order (as the expiry sweep does), so concurrent multi-row changes cannot deadlock.
             ended = (
                 await session.execute(
-                    update(models.Task)
-                    .where(models.Task.status != "ended", models.Task.ends_at <= now)
-                    .values(status="ended", version=models.Task.version + 1, updated_at=now)
+                    update(T)
+                    .where(T.id.in_(closing.order_by(T.id).with_for_update().scalar_subquery()))
+                    .values(status="ended", version=T.version + 1, updated_at=now)
                     .returning(*INDEX_COLUMNS)
                 )
             ).all()
             opened = (
                 await session.execute(
-                    update(models.Task)
-                    .where(~models.Task.opened, models.Task.status != "ended", models.Task.starts_at <= now)
-                    .values(opened=True, version=models.Task.version + 1, updated_at=now)
+                    update(T)
+                    .where(T.id.in_(opening.order_by(T.id).with_for_update().scalar_subquery()))
+                    .values(opened=True, version=T.version + 1, updated_at=now)
                     .returning(*INDEX_COLUMNS)
                 )
             ).all()

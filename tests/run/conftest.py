@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -125,3 +127,23 @@ async def read_events(kernel: Kernel, run_id: str, timeout_s: float = 20.0, sett
     finally:
         await consumer.stop()
     return found
+
+
+@contextlib.asynccontextmanager
+async def job_held_off(kernel: Kernel, name: str) -> AsyncIterator[None]:
+    """Keep the app's periodic job ``name`` from running meanwhile, by holding its Redis lease."""
+    key = f"picool:lease:{name}"
+    await wait_until_free(kernel, key)
+    assert await kernel.redis.set(key, b"test", nx=True, px=60_000)
+    try:
+        yield
+    finally:
+        await kernel.redis.delete(key)
+
+
+async def wait_until_free(kernel: Kernel, key: str) -> None:
+    for _ in range(200):
+        if not await kernel.redis.exists(key):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{key} stayed taken")
