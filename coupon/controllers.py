@@ -11,10 +11,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from litestar import Controller, get, post
+from litestar import Controller, Request, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from coupon import domain as coupon_domain
 from coupon import schemas
@@ -314,3 +314,128 @@ class CouponController(Controller):
             now=now,
         )
         return coupon_out(record, now)
+
+
+# --------------------------------------------------------------------------- claims and flash sessions
+
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(name="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$", required=False),
+]
+
+
+def flash_out(s: coupon_service.FlashSessionRecord, remaining: int) -> schemas.FlashSession:
+    """The API shape of a flash session."""
+    return schemas.FlashSession(
+        id=str(s.id),
+        template_id=str(s.template_id),
+        starts_at=s.starts_at,
+        ends_at=s.ends_at,
+        stock=s.stock,
+        remaining=remaining,
+    )
+
+
+def _client_ip(request: Request[Any, Any, Any], kernel: Kernel) -> str:
+    return web.client_ip(request.scope, coupon_service.claim_guards(kernel).trusted_proxies)
+
+
+class ClaimController(Controller):
+    """Claims (template and flash), flash sessions and the claim deny list."""
+
+    path = "/api/v1/coupon"
+    tags = ("coupon",)
+    security = ({"bearer": []},)
+
+    @post("/templates/{template_id:str}/claims", guards=[roles("runner")], status_code=201)
+    async def claim_template(
+        self,
+        template_id: FromPath[str],
+        request: Request[Any, Any, Any],
+        identity: Identity,
+        kernel: Kernel,
+        idempotency_key: IdempotencyKey = None,
+    ) -> schemas.Coupon:
+        """Claim one coupon of a ``claim`` template. A repeated ``Idempotency-Key`` returns the first claim."""
+        now = _now()
+        record = await coupon_service.claim_template(
+            kernel,
+            actor_of(identity),
+            path_id(template_id, "coupon template"),
+            ip=_client_ip(request, kernel),
+            idempotency_key=idempotency_key,
+            now=now,
+        )
+        return coupon_out(record, now)
+
+    @post("/flash-sessions", guards=[roles("operator")], status_code=201)
+    async def create_flash_session(
+        self, data: JSONBody[schemas.FlashSessionCreate], identity: Identity, kernel: Kernel
+    ) -> schemas.FlashSession:
+        """Create a flash session of a platform ``claim`` template; its stock leaves the template's pool."""
+        template_id = parse_id_str(data.template_id)
+        if template_id is None:
+            raise InvalidRequest("template_id: must be a template id")
+        new = coupon_service.NewFlashSession(
+            template_id=template_id, starts_at=data.starts_at, ends_at=data.ends_at, stock=data.stock
+        )
+        record = await coupon_service.create_session(kernel, actor_of(identity), new, _now())
+        return flash_out(record, record.stock)
+
+    @get("/flash-sessions", security=[])
+    async def flash_sessions(
+        self, kernel: Kernel, date: Annotated[str | None, QueryParameter(max_length=32)] = None
+    ) -> schemas.FlashSessionList:
+        """The flash sessions overlapping a UTC day (default today), open or not yet; no sign-in needed."""
+        day = coupon_service.parse_day(date, _now())
+        found = await coupon_service.sessions_of_day(kernel, day)
+        return schemas.FlashSessionList(items=[flash_out(s, left) for s, left in found])
+
+    @post("/flash-sessions/{session_id:str}/claims", guards=[roles("runner")], status_code=201)
+    async def claim_flash(
+        self,
+        session_id: FromPath[str],
+        request: Request[Any, Any, Any],
+        identity: Identity,
+        kernel: Kernel,
+        idempotency_key: IdempotencyKey = None,
+    ) -> schemas.Coupon:
+        """Grab one coupon of a flash session. A repeated ``Idempotency-Key`` returns the first claim."""
+        now = _now()
+        record = await coupon_service.claim_flash(
+            kernel,
+            actor_of(identity),
+            path_id(session_id, "flash session"),
+            ip=_client_ip(request, kernel),
+            idempotency_key=idempotency_key,
+            now=now,
+        )
+        return coupon_out(record, now)
+
+    @post("/claim-denylist", guards=[roles("operator")], status_code=201)
+    async def deny(
+        self, data: JSONBody[schemas.DenylistCreate], identity: Identity, kernel: Kernel
+    ) -> schemas.DenylistEntry:
+        """Bar an account from claiming coupons (checked before every claim)."""
+        user_id = parse_id_str(data.user_id)
+        if user_id is None:
+            raise InvalidRequest("user_id: must be an account id")
+        row = await coupon_service.deny_claims(kernel, actor_of(identity), user_id, data.reason.strip())
+        return _denial_out(row)
+
+    @get("/claim-denylist", guards=[roles("operator")])
+    async def denylist(self, identity: Identity, kernel: Kernel) -> schemas.DenylistList:
+        """The accounts barred from claiming, newest first."""
+        rows = await coupon_service.denied(kernel, actor_of(identity))
+        return schemas.DenylistList(items=[_denial_out(r) for r in rows])
+
+    @delete("/claim-denylist/{user_id:str}", guards=[roles("operator")], status_code=204)
+    async def allow(self, user_id: FromPath[str], identity: Identity, kernel: Kernel) -> None:
+        """Lift a bar (204 whether or not there was one)."""
+        await coupon_service.allow_claims(kernel, actor_of(identity), path_id(user_id, "account"))
+
+
+def _denial_out(row: Any) -> schemas.DenylistEntry:
+    return schemas.DenylistEntry(
+        user_id=str(row.user_id), reason=row.reason, created_by=str(row.created_by), created_at=row.created_at
+    )

@@ -145,6 +145,31 @@ class RewardFailure(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class FlashSession(Base):
+    """A flash sale of a platform template: a window and a stock taken out of the template's pool."""
+
+    __tablename__ = "flash_sessions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    template_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("coupon_templates.id"))
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    stock: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ClaimDenial(Base):
+    """An account operators barred from claiming coupons (Redis holds the copy the claim path reads)."""
+
+    __tablename__ = "claim_denylist"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    reason: Mapped[str] = mapped_column(String(200), server_default="")
+    created_by: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 # Partition tables live in their own MetaData: they are queried, never created from here.
 _partition_metadata = MetaData()
 _PARTITIONS: tuple[Table, ...] = tuple(

@@ -183,3 +183,58 @@ class Redemption(msgspec.Struct, kw_only=True):
     discount_cents: int
     payable_cents: int
     redeemed_at: datetime
+
+
+# --------------------------------------------------------------------------- flash sessions and claims
+
+AwareTime = Annotated[datetime, Meta(tz=True)]
+
+
+class FlashSessionCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A flash session of a platform ``claim`` template: its window (times with a zone) and its stock."""
+
+    template_id: IdStr
+    starts_at: AwareTime
+    ends_at: AwareTime
+    stock: Annotated[int, Meta(ge=1, le=10_000_000)]
+
+
+class FlashSession(msgspec.Struct, kw_only=True):
+    """A flash session; ``remaining`` is at most a second old."""
+
+    id: str
+    template_id: str
+    starts_at: datetime
+    ends_at: datetime
+    stock: int
+    remaining: int
+
+
+class FlashSessionList(msgspec.Struct, kw_only=True):
+    """The flash sessions of one UTC day, by start time."""
+
+    items: list[FlashSession]
+    next_cursor: str | None = None
+
+
+class DenylistCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """An account to bar from claiming, and why."""
+
+    user_id: IdStr
+    reason: Annotated[str, Meta(max_length=200)] = ""
+
+
+class DenylistEntry(msgspec.Struct, kw_only=True):
+    """An account barred from claiming."""
+
+    user_id: str
+    reason: str
+    created_by: str
+    created_at: datetime
+
+
+class DenylistList(msgspec.Struct, kw_only=True):
+    """The barred accounts, newest first."""
+
+    items: list[DenylistEntry]
+    next_cursor: str | None = None

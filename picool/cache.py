@@ -228,6 +228,18 @@ class TwoLevelCache(Generic[T]):
         await self.bus.invalidate_script(keys=[rkey, rkey + ":gen"], args=[])
         await self.bus.publish(self.name, key)
 
+    async def invalidate_many(self, keys: list[str]) -> None:
+        """:meth:`invalidate` for many keys in one Redis round trip (a pipeline, not a transaction)."""
+        if not keys:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            self.local.pop(key, None)
+            rkey = self._k(key)
+            await self.bus.invalidate_script(keys=[rkey, rkey + ":gen"], args=[], client=pipe)
+            pipe.publish(CHANNEL, f"{self.name}\x00{key}")
+        await pipe.execute()
+
     async def set(self, key: str, value: T) -> None:
         """Write a freshly computed value through both levels."""
         rkey = self._k(key)

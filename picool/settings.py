@@ -57,6 +57,9 @@ class Settings:
     workers_enabled: bool = True
     # "group:ip=N/SECONDS,user=N/SECONDS;group2:..." (see gateway/edge.py for the groups)
     rate_limits: str = "default:ip=1200/60,user=600/60;auth:ip=60/60"
+    # Coupon claims (template and flash): "N/SECONDS" per client IP and per runner; "" turns one off.
+    claim_rate_ip: str = "10/300"
+    claim_rate_user: str = "30/60"
     request_timeout_s: int = 30
     upstream_retries: int = 2  # extra attempts for idempotent requests when the connection is refused
     upstream_timeout_s: float = 25.0  # split deployment: how long the gateway waits for a subsystem

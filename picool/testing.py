@@ -9,6 +9,7 @@ from typing import Any
 
 from litestar import Litestar
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from picool.kernel import Kernel
 
@@ -30,16 +31,25 @@ async def reset_state(kernel: Kernel) -> None:
     keep = set(KEEP_TABLES)
     for sub in kernel.subsystems:
         keep |= set(sub.state.get("keep_tables", ()))
-    async with kernel.engine.begin() as conn:
-        rows = await conn.execute(
-            text(
-                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
-            )
-        )
-        names = sorted({r[0] for r in rows} - keep)
-        if names:
-            await conn.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))
+    for attempt in range(5):
+        try:
+            async with kernel.engine.begin() as conn:
+                rows = await conn.execute(
+                    text(
+                        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+                    )
+                )
+                names = sorted({r[0] for r in rows} - keep)
+                if names:
+                    await conn.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))
+            break
+        except DBAPIError as exc:
+            # A consumer still writing (locks taken in another order than TRUNCATE's) can deadlock
+            # with it; PostgreSQL aborts one side, and trying again after it finished is enough.
+            if "deadlock" not in str(exc) or attempt == 4:
+                raise
+            await asyncio.sleep(0.2)
     await kernel.redis.flushdb()
     for cache in kernel.caches.values():
         cache.clear_local()

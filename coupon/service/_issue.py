@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -184,3 +184,117 @@ async def issue_coupon(
         code = None  # a random code collided (about 1 in 2**65): draw another
     await _give_back(session, template.id)
     return IssueResult(IssueOutcome.DUPLICATE)
+
+
+@dataclass(frozen=True, slots=True)
+class PremadeCoupon:
+    """A coupon whose stock and per-user limit were already decided elsewhere (a claim Redis accepted):
+    its id and code are made, its receipt time is the moment of the claim."""
+
+    coupon_id: int
+    user_id: int
+    code: str
+    template_id: int
+    source_kind: str
+    source_ref: str
+    received_at: datetime
+
+
+def _premade_values(c: PremadeCoupon, template: TemplateRecord, code: str, now: datetime) -> dict[str, object]:
+    valid_from, valid_to = coupon_domain.validity_window(template.parsed_validity(), c.received_at)
+    return {
+        "user_id": c.user_id,
+        "id": c.coupon_id,
+        "code": code,
+        "template_id": template.id,
+        "merchant_id": template.merchant_id,
+        "status": coupon_domain.CouponStatus.UNUSED.value,
+        "source_kind": c.source_kind,
+        "source_ref": c.source_ref,
+        "received_at": c.received_at,
+        "valid_from": valid_from,
+        "valid_to": valid_to,
+        "used_at": None,
+        "redeemed_by_merchant": None,
+        "updated_at": now,
+    }
+
+
+async def issue_premade(
+    session: AsyncSession,
+    templates: dict[int, TemplateRecord],
+    coupons: list[PremadeCoupon],
+    *,
+    actor: Actor,
+    now: datetime,
+) -> list[CouponRecord]:
+    """Write a batch of pre-decided coupons in the caller's transaction; returns those newly written.
+
+    Idempotent on the coupon id: a coupon already stored is skipped and counted once. ``assigned`` goes
+    up once per template per batch (``+ n``, in template order so concurrent batches cannot deadlock)
+    rather than once per coupon: the template row is the hot spot of a flash sale. The stock was
+    decided before (Redis), so nothing here refuses for stock or per-user limit; the table's CHECK
+    (``assigned <= total_count``) still fails the whole batch if the two ever disagreed.
+    Every coupon must carry its user's shard (``ValueError`` otherwise) and name a template in ``templates``.
+    """
+    for c in coupons:
+        shard = models.shard_of_user(c.user_id)
+        if ids.shard_of(c.coupon_id) != shard or coupon_codes.shard_of(c.code) != shard:
+            raise ValueError(f"coupon {c.coupon_id} does not carry the shard of user {c.user_id}")
+        if c.source_kind not in SOURCE_KINDS:
+            raise ValueError(f"unknown source kind {c.source_kind!r}")
+    unique = list({c.coupon_id: c for c in coupons}.values())
+    if not unique:
+        return []
+    table = _coupons.USER_COUPONS
+    stmt = pg_insert(table).on_conflict_do_nothing().returning(*_coupons.columns(table))
+    rows = [_premade_values(c, templates[c.template_id], c.code, now) for c in unique]
+    inserted = [_coupons.to_record(r) for r in (await session.execute(stmt, rows)).all()]
+    done = {r.id for r in inserted}
+    left = [c for c in unique if c.coupon_id not in done]
+    if left:
+        # Either stored before (a redelivery: fine) or, about once in 2**65, a code someone else holds.
+        present = {
+            row.id
+            for row in (
+                await session.execute(
+                    select(table.c.id).where(
+                        tuple_(table.c.user_id, table.c.id).in_([(c.user_id, c.coupon_id) for c in left])
+                    )
+                )
+            ).all()
+        }
+        for c in left:
+            if c.coupon_id in present:
+                continue
+            # The runner was shown a code that collides: give the coupon a fresh one rather than lose it.
+            for _attempt in range(3):
+                code = coupon_codes.new_code(models.shard_of_user(c.user_id))
+                row = (
+                    await session.execute(
+                        pg_insert(table)
+                        .values(**_premade_values(c, templates[c.template_id], code, now))
+                        .on_conflict_do_nothing()
+                        .returning(*_coupons.columns(table))
+                    )
+                ).first()
+                if row is not None:
+                    inserted.append(_coupons.to_record(row))
+                    break
+    per_template: dict[int, int] = {}
+    for r in inserted:
+        per_template[r.template_id] = per_template.get(r.template_id, 0) + 1
+    for template_id in sorted(per_template):
+        await session.execute(
+            update(models.CouponTemplate)
+            .where(models.CouponTemplate.id == template_id)
+            .values(assigned=models.CouponTemplate.assigned + per_template[template_id])
+        )
+    by_source: dict[tuple[str, str], list[CouponRecord]] = {}
+    for r in inserted:
+        by_source.setdefault((r.source_kind, r.source_ref), []).append(r)
+    for (kind, ref), group in by_source.items():
+        await _coupons.audit(
+            session, group, actor=actor, from_status=None, to_status="unused", reason=f"issued ({kind} {ref})", at=now
+        )
+    return inserted

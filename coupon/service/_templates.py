@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,10 +10,13 @@ from sqlalchemy import select
 
 from coupon import domain as coupon_domain
 from coupon import models
+from coupon.service import _pools
 from coupon.service._records import Actor, TemplateRecord
 from picool.cache import TwoLevelCache
 from picool.errors import Forbidden, InvalidRequest, NotFound
 from picool.kernel import Kernel
+
+log = logging.getLogger("coupon.templates")
 
 TEMPLATE_CACHE = "coupon.template"
 DISTRIBUTIONS = ("claim", "task_reward")
@@ -122,6 +126,11 @@ async def create_template(kernel: Kernel, actor: Actor, new: NewTemplate) -> Tem
     record = to_template(row)
     # A negative entry for this id cannot exist in practice (ids are new), but dropping one is cheap.
     await template_cache(kernel).invalidate(str(record.id))
+    # Its claim pool, right away; should this fail, the first claim rebuilds it (_pools.ensure_pool).
+    try:
+        await _pools.create_pool(kernel, record)
+    except Exception:
+        log.warning("could not create the claim pool of template %s; the first claim will", record.id, exc_info=True)
     return record
 
 

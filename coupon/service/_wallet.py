@@ -118,3 +118,16 @@ async def invalidate_wallets(kernel: Kernel, user_ids: Iterable[int]) -> None:
     # Bounded fan-out: an expiry batch can touch a thousand users.
     for i in range(0, len(keys), 100):
         await asyncio.gather(*(cache.invalidate(k) for k in keys[i : i + 100]))
+
+
+# A new unused coupon changes only the pages that can show it: all, unused and expired (which holds
+# stored-unused coupons, see _STORED); used and frozen pages stay valid.
+_NEW_COUPON_VARIANTS = ("all", "unused", "expired")
+
+
+async def invalidate_new_coupons(kernel: Kernel, user_ids: Iterable[int]) -> None:
+    """Drop the cached pages a newly issued coupon changes, for many users at once (claim batches)."""
+    keys = [wallet_key(u, v) for u in dict.fromkeys(user_ids) for v in _NEW_COUPON_VARIANTS]
+    cache = wallet_cache(kernel)
+    for i in range(0, len(keys), 1500):
+        await cache.invalidate_many(keys[i : i + 1500])

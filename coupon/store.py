@@ -1,0 +1,338 @@
+"""The Redis side of claims: pool keys, the Lua scripts that decide claims, the pending ledger, the deny list.
+
+A *pool* is one template's claimable stock with everything that decides a claim on it. All of a
+template's keys share the hash tag ``{tpl:<id>}``, so every script touches one Redis Cluster slot and a
+template's keys live (and, in a disaster, die) together on one node:
+
+===========================================  =====================================================
+``coupon:{tpl:T}:meta``                       hash: ``limit`` (per user), ``start_ms``/``end_ms`` (the
+                                              template claim window), ``stock`` (template claims' own
+                                              stock), ``total``
+``coupon:{tpl:T}:s:<session>``                hash of one flash session: ``start_ms``, ``end_ms``,
+                                              ``stock`` (remaining), ``initial``
+``coupon:{tpl:T}:users``                      hash: user id → coupons of T taken (template + flash)
+``coupon:{tpl:T}:claims``                     hash: coupon id → claim record (the ledger)
+``coupon:{tpl:T}:pending``                    zset: coupon ids accepted but not yet in PostgreSQL
+``coupon:{tpl:T}:idem``                       hash: ``<user>:<Idempotency-Key>`` → coupon id
+``coupon:{tpl:T}:rebuild``                    short lock while a lost pool is rebuilt from PostgreSQL
+===========================================  =====================================================
+
+``coupon:pools`` (a set of template ids, no tag) tells the reconciler which pools to scan, and
+``coupon:claim-deny:<user>`` marks an account barred from claiming (one key per user, so the deny
+check spreads over the cluster instead of making one hot key).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from picool.redis import ScriptRegistry
+
+POOLS_KEY = "coupon:pools"
+DENY_PREFIX = "coupon:claim-deny:"
+NEVER_MS = 2**53  # "no end": larger than any millisecond timestamp, exact in Lua's doubles
+SCRIPT_PACKAGE = "coupon"
+
+
+def tag(template_id: int) -> str:
+    """The key prefix (with its hash tag) of ``template_id``'s pool."""
+    return f"coupon:{{tpl:{template_id}}}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKeys:
+    """The keys of one template's pool."""
+
+    template_id: int
+
+    @property
+    def meta(self) -> str:
+        """Template meta hash (limit, window, own stock)."""
+        return f"{tag(self.template_id)}:meta"
+
+    @property
+    def users(self) -> str:
+        """Per-user counts."""
+        return f"{tag(self.template_id)}:users"
+
+    @property
+    def claims(self) -> str:
+        """The claim ledger."""
+        return f"{tag(self.template_id)}:claims"
+
+    @property
+    def pending(self) -> str:
+        """Accepted claims not yet persisted."""
+        return f"{tag(self.template_id)}:pending"
+
+    @property
+    def idem(self) -> str:
+        """Idempotency keys."""
+        return f"{tag(self.template_id)}:idem"
+
+    @property
+    def rebuild_lock(self) -> str:
+        """Held while a lost pool is rebuilt."""
+        return f"{tag(self.template_id)}:rebuild"
+
+    def session(self, session_id: int) -> str:
+        """A flash session's hash."""
+        return f"{tag(self.template_id)}:s:{session_id}"
+
+    def all_static(self) -> list[str]:
+        """Every key but the sessions' (for tests and cleanup)."""
+        return [self.meta, self.users, self.claims, self.pending, self.idem]
+
+
+class ClaimOutcome(enum.StrEnum):
+    """What the claim script decided."""
+
+    OK = "ok"
+    REPLAY = "replay"  # the same Idempotency-Key claimed before: the first claim is returned
+    NOT_OPEN = "not_open"
+    LIMIT_REACHED = "limit_reached"
+    SOLD_OUT = "sold_out"
+    NO_POOL = "no_pool"  # the pool (or the session) is not in Redis
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRecord:
+    """An accepted claim as the ledger keeps it (the template is the pool's)."""
+
+    coupon_id: int
+    user_id: int
+    code: str
+    claimed_ms: int
+    source_kind: str
+    source_ref: str
+
+    def encode(self) -> str:
+        """The ledger's text form ``user|code|ms|kind|ref`` (none of them can hold a ``|``)."""
+        return f"{self.user_id}|{self.code}|{self.claimed_ms}|{self.source_kind}|{self.source_ref}"
+
+    @classmethod
+    def decode(cls, coupon_id: int, raw: bytes | str) -> ClaimRecord:
+        """Parse a ledger entry; ``ValueError`` when it is not one."""
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        user, code, ms, kind, ref = text.split("|")
+        return cls(coupon_id, int(user), code, int(ms), kind, ref)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """The script's decision: the claim taken (or replayed) and the pool's stock left after it."""
+
+    outcome: ClaimOutcome
+    record: ClaimRecord | None = None
+    remaining: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSpec:
+    """A flash session's window and stock as its pool holds them."""
+
+    session_id: int
+    start_ms: int
+    end_ms: int
+    stock: int
+    initial: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """A template pool's meta: per-user limit, template claim window, own stock and the template total."""
+
+    limit: int
+    start_ms: int
+    end_ms: int
+    stock: int
+    total: int
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class ClaimStore:
+    """Pools, claims, the pending ledger and the deny list, on one Redis (or one Cluster)."""
+
+    def __init__(self, redis: Redis, scripts: ScriptRegistry) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        if f"{SCRIPT_PACKAGE}.claim" not in scripts:
+            scripts.register_package(SCRIPT_PACKAGE)
+
+    # -- claims -----------------------------------------------------------------------------------------
+    async def claim(
+        self, template_id: int, session_id: int | None, record: ClaimRecord, idempotency_key: str | None = None
+    ) -> ClaimResult:
+        """Run the claim script for ``record`` on the template's own pool or on a flash session."""
+        k = PoolKeys(template_id)
+        pool = k.meta if session_id is None else k.session(session_id)
+        idem = f"{record.user_id}:{idempotency_key}" if idempotency_key else ""
+        reply = await self.scripts.run(
+            f"{SCRIPT_PACKAGE}.claim",
+            [pool, k.meta, k.users, k.claims, k.pending, k.idem],
+            [record.claimed_ms, record.user_id, record.coupon_id, record.encode(), idem],
+        )
+        outcome = ClaimOutcome(_s(reply[0]))
+        if outcome is ClaimOutcome.OK:
+            return ClaimResult(outcome, record, int(reply[1]))
+        if outcome is ClaimOutcome.REPLAY:
+            first_id = int(reply[1])
+            first = ClaimRecord.decode(first_id, reply[2]) if reply[2] else None
+            return ClaimResult(outcome, first)
+        return ClaimResult(outcome)
+
+    # -- pools ------------------------------------------------------------------------------------------
+    async def init_pool(self, template_id: int, spec: PoolSpec, sessions: Sequence[SessionSpec] = ()) -> bool:
+        """Create the pool unless it exists (then nothing changes); True when this call created it."""
+        k = PoolKeys(template_id)
+        # Registered before the pool exists, so the reconciler can never miss a pool with pending claims.
+        await self.redis.sadd(POOLS_KEY, str(template_id))
+        args: list[Any] = [spec.limit, spec.start_ms, spec.end_ms, spec.stock, spec.total]
+        for s in sessions:
+            args += [s.start_ms, s.end_ms, s.stock, s.initial]
+        created = await self.scripts.run(
+            f"{SCRIPT_PACKAGE}.pool_init", [k.meta, *(k.session(s.session_id) for s in sessions)], args
+        )
+        return bool(created)
+
+    async def load_users(self, template_id: int, counts: Mapping[int, int], chunk: int = 5000) -> bool:
+        """Write per-user counts into a pool being rebuilt; False once the pool exists (too late)."""
+        k = PoolKeys(template_id)
+        items = list(counts.items())
+        for i in range(0, len(items), chunk):
+            flat: list[Any] = []
+            for user, n in items[i : i + chunk]:
+                flat += [user, n]
+            if not await self.scripts.run(f"{SCRIPT_PACKAGE}.pool_users", [k.meta, k.users], flat):
+                return False
+        return True
+
+    async def pool_exists(self, template_id: int) -> bool:
+        """Whether the template's pool is in Redis."""
+        return bool(await self.redis.exists(PoolKeys(template_id).meta))
+
+    async def lock_rebuild(self, template_id: int, ttl_ms: int = 30_000) -> bool:
+        """Take the short lock that lets one process rebuild a lost pool."""
+        return bool(await self.redis.set(PoolKeys(template_id).rebuild_lock, b"1", nx=True, px=ttl_ms))
+
+    async def unlock_rebuild(self, template_id: int) -> None:
+        """Release :meth:`lock_rebuild`."""
+        await self.redis.delete(PoolKeys(template_id).rebuild_lock)
+
+    async def pool_stock(self, template_id: int) -> int | None:
+        """Stock left for the template's own claims (None without a pool)."""
+        raw = await self.redis.hget(PoolKeys(template_id).meta, "stock")
+        return None if raw is None else int(raw)
+
+    async def user_count(self, template_id: int, user_id: int) -> int:
+        """Coupons of the template ``user_id`` has taken, as Redis counts them."""
+        raw = await self.redis.hget(PoolKeys(template_id).users, str(user_id))
+        return 0 if raw is None else int(raw)
+
+    # -- flash sessions ---------------------------------------------------------------------------------
+    async def reserve_session(
+        self, template_id: int, session_id: int, stock: int, start_ms: int, end_ms: int
+    ) -> tuple[str, int | None]:
+        """Move ``stock`` from the template's pool to a new session: ``("ok", left)``, ``("short", left)``,
+        ``("no_pool", None)`` or ``("exists", None)``."""
+        k = PoolKeys(template_id)
+        reply = await self.scripts.run(
+            f"{SCRIPT_PACKAGE}.flash_reserve", [k.meta, k.session(session_id)], [stock, start_ms, end_ms]
+        )
+        status = _s(reply[0])
+        return status, (int(reply[1]) if len(reply) > 1 else None)
+
+    async def release_session(self, template_id: int, session_id: int) -> bool:
+        """Give an unclaimed session's stock back to its template (undoing a reservation)."""
+        k = PoolKeys(template_id)
+        return bool(await self.scripts.run(f"{SCRIPT_PACKAGE}.flash_release", [k.meta, k.session(session_id)], []))
+
+    async def session_remaining(self, sessions: Sequence[tuple[int, int]]) -> list[int | None]:
+        """The stock left of each ``(template_id, session_id)`` (None when Redis has no such session).
+
+        One round trip; the keys sit in different slots, so this is a pipeline, not an MGET.
+        """
+        if not sessions:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for template_id, session_id in sessions:
+            pipe.hget(PoolKeys(template_id).session(session_id), "stock")
+        values = await pipe.execute()
+        return [None if v is None else int(v) for v in values]
+
+    # -- the pending ledger -----------------------------------------------------------------------------
+    async def pools(self) -> list[int]:
+        """Every template that has (or had) a pool."""
+        return sorted(int(m) for m in await self.redis.smembers(POOLS_KEY))
+
+    async def due(self, template_id: int, before_ms: int, limit: int = 500) -> list[int]:
+        """Pending coupon ids of a pool accepted before ``before_ms``, oldest first."""
+        raw = await self.redis.zrangebyscore(PoolKeys(template_id).pending, "-inf", before_ms, start=0, num=limit)
+        return [int(_s(m)) for m in raw]
+
+    async def pending_count(self, template_id: int) -> int:
+        """How many of a pool's claims PostgreSQL does not have yet."""
+        return int(await self.redis.zcard(PoolKeys(template_id).pending))
+
+    async def records(self, template_id: int, coupon_ids: Sequence[int]) -> dict[int, ClaimRecord | None]:
+        """The ledger entries of ``coupon_ids`` (None for an id without one)."""
+        if not coupon_ids:
+            return {}
+        raw = await self.redis.hmget(PoolKeys(template_id).claims, [str(c) for c in coupon_ids])
+        out: dict[int, ClaimRecord | None] = {}
+        for cid, value in zip(coupon_ids, raw, strict=True):
+            try:
+                out[cid] = None if value is None else ClaimRecord.decode(cid, value)
+            except ValueError:
+                out[cid] = None
+        return out
+
+    async def claim_count(self, template_id: int) -> int:
+        """How many claims the pool's ledger holds."""
+        return int(await self.redis.hlen(PoolKeys(template_id).claims))
+
+    async def all_records(self, template_id: int) -> dict[int, ClaimRecord]:
+        """The whole ledger of a pool (tests and benchmarks)."""
+        raw = await self.redis.hgetall(PoolKeys(template_id).claims)
+        return {int(k): ClaimRecord.decode(int(k), v) for k, v in raw.items()}
+
+    async def ack(self, persisted: Mapping[int, Iterable[int]]) -> None:
+        """Drop persisted coupon ids (by template) from the pending sets, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        n = 0
+        for template_id, ids in persisted.items():
+            members = [str(i) for i in ids]
+            if members:
+                pipe.zrem(PoolKeys(template_id).pending, *members)
+                n += 1
+        if n:
+            await pipe.execute()
+
+    async def postpone(self, template_id: int, coupon_ids: Sequence[int], now_ms: int) -> None:
+        """Give re-sent claims a fresh grace period (only those still pending: ``XX``)."""
+        if coupon_ids:
+            await self.redis.zadd(PoolKeys(template_id).pending, {str(c): now_ms for c in coupon_ids}, xx=True)
+
+    # -- deny list --------------------------------------------------------------------------------------
+    async def deny(self, user_ids: Iterable[int]) -> None:
+        """Bar accounts from claiming."""
+        pipe = self.redis.pipeline(transaction=False)
+        for u in user_ids:
+            pipe.set(f"{DENY_PREFIX}{u}", b"1")
+        await pipe.execute()
+
+    async def allow(self, user_id: int) -> None:
+        """Lift a bar."""
+        await self.redis.delete(f"{DENY_PREFIX}{user_id}")
+
+    async def is_denied(self, user_id: int) -> bool:
+        """Whether ``user_id`` is barred from claiming."""
+        return bool(await self.redis.exists(f"{DENY_PREFIX}{user_id}"))

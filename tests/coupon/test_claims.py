@@ -1,0 +1,371 @@
+"""Template claims end to end: the answer, persistence through Kafka, limits, idempotency, the deny list,
+the claim rate limits, the reconciler and the lazy rebuild of a lost pool."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from coupon import models
+from coupon import service as coupon_service
+from coupon import store as coupon_store
+from gateway.app import create_app
+from picool import events, metrics
+from picool.errors import DomainError
+from picool.kernel import Kernel
+from picool.settings import Settings
+from picool.testing import running, wait_for
+from tests.coupon.conftest import Issue, MakeTemplate, window
+
+
+def claim_path(template_id: str) -> str:
+    return f"/api/v1/coupon/templates/{template_id}/claims"
+
+
+async def pg_count(kernel: Kernel, template_id: str | int) -> int:
+    async with kernel.sessionmaker() as session:
+        return int(
+            (
+                await session.execute(
+                    select(func.count())
+                    .select_from(models.UserCoupon)
+                    .where(models.UserCoupon.template_id == int(template_id))
+                )
+            ).scalar_one()
+        )
+
+
+async def assigned(kernel: Kernel, template_id: str | int) -> int:
+    async with kernel.sessionmaker() as session:
+        return int(
+            (
+                await session.execute(
+                    select(models.CouponTemplate.assigned).where(models.CouponTemplate.id == int(template_id))
+                )
+            ).scalar_one()
+        )
+
+
+async def persisted(kernel: Kernel, template_id: str | int, n: int, timeout_s: float = 15.0) -> None:
+    """Wait until PostgreSQL holds ``n`` coupons of the template and its counter says so."""
+
+    async def done() -> bool:
+        return await pg_count(kernel, template_id) == n and await assigned(kernel, template_id) == n
+
+    await wait_for(done, timeout_s)
+
+
+def claims_metric(kind: str, outcome: str) -> float:
+    return metrics.CLAIMS.labels(kind, outcome)._value.get()
+
+
+async def test_claim_answers_the_coupon_the_wallet_then_shows(
+    client: httpx.AsyncClient, accounts: Any, make_template: MakeTemplate, kernel: Kernel
+) -> None:
+    merchant, runner = await accounts.merchant(), await accounts.runner()
+    template = await make_template(merchant, total_count=5, per_user_limit=1)
+    ok_before = claims_metric("claim", "ok")
+    resp = await client.post(claim_path(template["id"]), headers=runner.headers)
+    assert resp.status_code == 201, resp.text
+    coupon = resp.json()
+    assert set(coupon) == {
+        "id", "code", "template_id", "merchant_id", "user_id", "status", "source",
+        "received_at", "valid_from", "valid_to", "used_at",
+    }  # fmt: skip
+    assert coupon["template_id"] == template["id"]
+    assert coupon["merchant_id"] == merchant.merchant_id
+    assert coupon["user_id"] == runner.user_id
+    assert coupon["status"] == "unused"
+    assert coupon["source"] == {"kind": "claim", "ref": template["id"]}
+    assert coupon["used_at"] is None
+    received = datetime.fromisoformat(coupon["received_at"])
+    assert abs(received - datetime.now(UTC)) < timedelta(seconds=30)
+    assert datetime.fromisoformat(coupon["valid_from"]) == received
+    assert datetime.fromisoformat(coupon["valid_to"]) == received + timedelta(days=30)
+    assert claims_metric("claim", "ok") == ok_before + 1
+
+    await persisted(kernel, template["id"], 1)
+    wallet = await client.get("/api/v1/coupon/me/coupons", headers=runner.headers)
+    assert wallet.json()["items"] == [coupon]  # the stored coupon is exactly the one answered
+    assert await coupon_service.claim_store(kernel).pending_count(int(template["id"])) == 0
+    stats = await client.get(f"/api/v1/coupon/templates/{template['id']}/stats", headers=merchant.headers)
+    assert stats.json()["assigned"] == 1 and stats.json()["remaining"] == 4
+
+
+async def test_limit_then_sold_out_and_counters_exact(
+    client: httpx.AsyncClient, accounts: Any, make_template: MakeTemplate, kernel: Kernel
+) -> None:
+    merchant = await accounts.merchant()
+    a, b, c = await accounts.runner(), await accounts.runner(), await accounts.runner()
+    template = await make_template(merchant, total_count=3, per_user_limit=2)
+    path = claim_path(template["id"])
+    assert (await client.post(path, headers=a.headers)).status_code == 201
+    assert (await client.post(path, headers=a.headers)).status_code == 201
+    third = await client.post(path, headers=a.headers)
+    assert third.status_code == 409 and third.json()["code"] == "limit_reached"
+    assert third.headers["content-type"].startswith("application/problem+json")
+    assert (await client.post(path, headers=b.headers)).status_code == 201
+    gone = await client.post(path, headers=c.headers)
+    assert gone.status_code == 409 and gone.json()["code"] == "sold_out"
+    await persisted(kernel, template["id"], 3)
+    store = coupon_service.claim_store(kernel)
+    assert await store.pool_stock(int(template["id"])) == 0
+    assert await store.claim_count(int(template["id"])) == 3
+
+
+async def test_not_claimable(
+    client: httpx.AsyncClient, accounts: Any, make_template: MakeTemplate, kernel: Kernel
+) -> None:
+    merchant, runner = await accounts.merchant(), await accounts.runner()
+    reward = await make_template(merchant, distribution="task_reward")
+    resp = await client.post(claim_path(reward["id"]), headers=runner.headers)
+    assert resp.status_code == 409 and resp.json()["code"] == "not_claimable"
+
+    # A fixed validity: claimable before it starts (the coupon waits in the wallet), not once it ended.
+    fixed = await make_template(merchant, validity=window(timedelta(days=1), timedelta(days=2)))
+    early = await client.post(claim_path(fixed["id"]), headers=runner.headers)
+    assert early.status_code == 201, early.text
+    assert early.json()["valid_from"] == fixed["validity"]["starts_at"]
+    actor = coupon_service.Actor(user_id=int(runner.user_id), role="runner")
+    with pytest.raises(DomainError) as err:
+        await coupon_service.claim_template(
+            kernel, actor, int(fixed["id"]), ip="10.9.9.9", idempotency_key=None,
+            now=datetime.now(UTC) + timedelta(days=3),
+        )  # fmt: skip
+    assert err.value.instance_code == "not_claimable"
+    await persisted(kernel, fixed["id"], 1)
+
+
+async def test_who_may_claim(client: httpx.AsyncClient, accounts: Any, make_template: MakeTemplate) -> None:
+    merchant, operator = await accounts.merchant(), await accounts.operator()
+    template = await make_template(merchant)
+    assert (await client.post(claim_path(template["id"]))).status_code == 401
+    bad = await client.post(claim_path(template["id"]), headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401
+    for who in (merchant, operator):
+        assert (await client.post(claim_path(template["id"]), headers=who.headers)).status_code == 403
+    runner = await accounts.runner()
+    for odd in ("0", "abc", "99999999999999999999999", "1" * 400, "-5"):
+        resp = await client.post(claim_path(odd), headers=runner.headers)
+        assert resp.status_code == 404, (odd, resp.text)
+        assert resp.json()["code"] == "not_found"
+
+
+async def test_idempotency_key_returns_the_first_claim(
+    client: httpx.AsyncClient, accounts: Any, make_template: MakeTemplate, kernel: Kernel
+) -> None:
+    merchant, runner = await accounts.merchant(), await accounts.runner()
+    template = await make_template(merchant, total_count=10, per_user_limit=3)
+    path = claim_path(template["id"])
+    first = await client.post(path, headers={**runner.headers, "Idempotency-Key": "tap-1"})
+    again = await client.post(path, headers={**runner.headers, "Idempotency-Key": "tap-1"})
+    other = await client.post(path, headers={**runner.headers, "Idempotency-Key": "tap-2"})
+    assert first.status_code == again.status_code == other.status_code == 201
+    assert again.json() == first.json()
+    assert other.json()["id"] != first.json()["id"]
+    for bad in ("has space", "x" * 129, "é".encode()):
+        resp = await client.post(path, headers={**runner.headers, "Idempotency-Key": bad})
+        assert resp.status_code == 400, (bad, resp.text)
+        assert resp.json()["code"] == "invalid_request"
+    await persisted(kernel, template["id"], 2)
+    assert await coupon_service.claim_store(kernel).pool_stock(int(template["id"])) == 8
+
+
+async def test_deny_list(client: httpx.AsyncClient, accounts: Any, make_template: MakeTemplate, kernel: Kernel) -> None:
+    merchant, operator = await accounts.merchant(), await accounts.operator()
+    runner, other = await accounts.runner(), await accounts.runner()
+    template = await make_template(merchant, total_count=10)
+    denied_before = claims_metric("claim", "denied")
+    resp = await client.post(
+        "/api/v1/coupon/claim-denylist", json={"user_id": runner.user_id, "reason": "bot"}, headers=operator.headers
+    )
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["user_id"] == runner.user_id and resp.json()["reason"] == "bot"
+    refused = await client.post(claim_path(template["id"]), headers=runner.headers)
+    assert refused.status_code == 403 and refused.json()["code"] == "claim_denied"
+    assert claims_metric("claim", "denied") == denied_before + 1
+    assert (await client.post(claim_path(template["id"]), headers=other.headers)).status_code == 201
+    listed = await client.get("/api/v1/coupon/claim-denylist", headers=operator.headers)
+    assert [e["user_id"] for e in listed.json()["items"]] == [runner.user_id]
+
+    lifted = await client.delete(f"/api/v1/coupon/claim-denylist/{runner.user_id}", headers=operator.headers)
+    assert lifted.status_code == 204
+    assert (await client.post(claim_path(template["id"]), headers=runner.headers)).status_code == 201
+    assert (await client.delete("/api/v1/coupon/claim-denylist/42", headers=operator.headers)).status_code == 204
+
+    for who in (runner, merchant):
+        assert (
+            await client.post("/api/v1/coupon/claim-denylist", json={"user_id": "1"}, headers=who.headers)
+        ).status_code == 403
+        assert (await client.get("/api/v1/coupon/claim-denylist", headers=who.headers)).status_code == 403
+    for body in ({}, {"user_id": "abc"}, {"user_id": 5}, {"user_id": "1", "reason": "x" * 201}, {"user_id": "0"}):
+        bad = await client.post("/api/v1/coupon/claim-denylist", json=body, headers=operator.headers)
+        assert bad.status_code == 400, (body, bad.text)
+    assert (await client.delete("/api/v1/coupon/claim-denylist/abc", headers=operator.headers)).status_code == 404
+    await persisted(kernel, template["id"], 2)
+
+
+async def test_deny_list_survives_a_redis_loss(
+    client: httpx.AsyncClient, accounts: Any, make_template: MakeTemplate, kernel: Kernel
+) -> None:
+    operator, runner = await accounts.operator(), await accounts.runner()
+    await client.post("/api/v1/coupon/claim-denylist", json={"user_id": runner.user_id}, headers=operator.headers)
+    store = coupon_service.claim_store(kernel)
+    await kernel.redis.delete(f"{coupon_store.DENY_PREFIX}{runner.user_id}")
+    assert not await store.is_denied(int(runner.user_id))
+    assert await coupon_service.sync_denylist(kernel) == 1  # what every process does at start-up
+    assert await store.is_denied(int(runner.user_id))
+
+
+async def test_ip_rate_limit_of_the_default_settings(
+    client: httpx.AsyncClient, accounts: Any, make_template: MakeTemplate, kernel: Kernel
+) -> None:
+    limit = coupon_service.claim_guards(kernel).per_ip
+    assert limit is not None and (limit.limit, limit.window_s) == (10, 300)  # "10 claims per IP in 5 minutes"
+    merchant = await accounts.merchant()
+    runners = [await accounts.runner() for _ in range(3)]
+    template = await make_template(merchant, total_count=100, per_user_limit=10)
+    limited_before = claims_metric("claim", "rate_limited")
+    codes = [
+        (await client.post(claim_path(template["id"]), headers=runners[i % 3].headers)).status_code for i in range(10)
+    ]
+    assert codes == [201] * 10
+    refused = await client.post(claim_path(template["id"]), headers=runners[0].headers)
+    assert refused.status_code == 429 and refused.json()["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["retry-after"]) <= 300
+    assert claims_metric("claim", "rate_limited") == limited_before + 1
+    await persisted(kernel, template["id"], 10)  # the refused attempt took nothing
+
+
+@pytest.fixture
+async def guarded(stack_settings: Settings, client: httpx.AsyncClient) -> AsyncIterator[httpx.AsyncClient]:
+    """An app behind a trusted proxy with tight claim limits: 3 per client IP, 4 per runner, a minute."""
+    app = create_app(
+        stack_settings.with_(
+            claim_rate_ip="3/60", claim_rate_user="4/60", trusted_proxies="127.0.0.1", workers_enabled=False,
+            node_id=201,
+        )
+    )  # fmt: skip
+    async with running(app, wait_consumers=False):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver.local") as c:
+            yield c
+
+
+async def test_rate_limits_per_ip_and_per_runner(
+    guarded: httpx.AsyncClient, accounts: Any, make_template: MakeTemplate, kernel: Kernel
+) -> None:
+    merchant = await accounts.merchant()
+    a, b = await accounts.runner(), await accounts.runner()
+    template = await make_template(merchant, total_count=100, per_user_limit=50)
+    path = claim_path(template["id"])
+
+    async def claim(who: Any, ip: str) -> httpx.Response:
+        return await guarded.post(path, headers={**who.headers, "X-Forwarded-For": ip})
+
+    assert [(await claim(a, "203.0.113.1")).status_code for _ in range(3)] == [201] * 3
+    by_ip = await claim(a, "203.0.113.1")
+    assert by_ip.status_code == 429 and "address" in by_ip.json()["detail"]
+    assert (await claim(b, "203.0.113.1")).status_code == 429  # the address is spent, whoever asks
+    assert (await claim(a, "203.0.113.2")).status_code == 201  # a's 4th claim, from elsewhere
+    by_user = await claim(a, "203.0.113.3")
+    assert by_user.status_code == 429 and "account" in by_user.json()["detail"]
+    assert (await claim(b, "203.0.113.3")).status_code == 201
+    await persisted(kernel, template["id"], 5)  # this app's claims reach the session app's consumer
+
+
+async def test_reconciler_sends_what_kafka_never_got(
+    client: httpx.AsyncClient, accounts: Any, make_template: MakeTemplate, kernel: Kernel
+) -> None:
+    merchant, runner = await accounts.merchant(), await accounts.runner()
+    template = await make_template(merchant, total_count=10, per_user_limit=5)
+    tid, uid = int(template["id"]), int(runner.user_id)
+    store = coupon_service.claim_store(kernel)
+    # Accepted by Redis, then the process "died" before its Kafka send: only the ledger knows.
+    old_ms = int((datetime.now(UTC) - timedelta(seconds=30)).timestamp() * 1000)
+    coupon_id, code = coupon_service.new_identifiers(kernel.ids, uid)
+    record = coupon_store.ClaimRecord(coupon_id, uid, code, old_ms, "claim", str(tid))
+    assert (await store.claim(tid, None, record)).outcome is coupon_store.ClaimOutcome.OK
+    young_id, young_code = coupon_service.new_identifiers(kernel.ids, uid)
+    young = coupon_store.ClaimRecord(young_id, uid, young_code, old_ms + 29_000, "claim", str(tid))
+    assert (await store.claim(tid, None, young)).outcome is coupon_store.ClaimOutcome.OK
+
+    report = await coupon_service.reconcile(kernel)
+    assert report.resent == 1  # the young one is still within its grace period
+    await persisted(kernel, tid, 1)
+    assert await store.pending_count(tid) == 1
+    report = await coupon_service.reconcile(kernel, grace_ms=0)
+    assert report.resent == 1
+    await persisted(kernel, tid, 2)
+    assert await store.pending_count(tid) == 0
+
+    # Stored, but the process died before it cleared the pending entry: the reconciler just clears it.
+    await kernel.redis.zadd(coupon_store.PoolKeys(tid).pending, {str(coupon_id): old_ms})
+    report = await coupon_service.reconcile(kernel)
+    assert report.already_stored == 1 and report.resent == 0
+    assert await store.pending_count(tid) == 0
+    wallet = (await client.get("/api/v1/coupon/me/coupons", headers=runner.headers)).json()["items"]
+    assert {c["code"] for c in wallet} == {code, young_code}
+    received = {c["id"]: c["received_at"] for c in wallet}
+    assert (
+        datetime.fromisoformat(received[str(coupon_id)])
+        == coupon_service.claimed_coupon(await coupon_service.require_template(kernel, tid), record).received_at
+    )
+
+
+async def test_consumer_is_idempotent_on_the_coupon_id(
+    client: httpx.AsyncClient, accounts: Any, make_template: MakeTemplate, kernel: Kernel
+) -> None:
+    merchant, runner = await accounts.merchant(), await accounts.runner()
+    template = await make_template(merchant, total_count=10, per_user_limit=5)
+    resp = await client.post(claim_path(template["id"]), headers=runner.headers)
+    await persisted(kernel, template["id"], 1)
+    record = coupon_store.ClaimRecord(
+        int(resp.json()["id"]), int(runner.user_id), resp.json()["code"],
+        int(datetime.fromisoformat(resp.json()["received_at"]).timestamp() * 1000), "claim", template["id"],
+    )  # fmt: skip
+    for _ in range(3):  # redelivered, re-sent, replayed
+        assert await coupon_service.publish_claim(kernel, int(template["id"]), record)
+    claims = [coupon_service.PremadeCoupon(
+        coupon_id=record.coupon_id, user_id=record.user_id, code=record.code, template_id=int(template["id"]),
+        source_kind="claim", source_ref=template["id"], received_at=datetime.now(UTC),
+    )] * 2  # fmt: skip
+    assert await coupon_service.persist_claims(kernel, claims) == 0
+    await asyncio.sleep(1.0)  # let the consumer take the copies
+    await kernel.quiesce()
+    assert await pg_count(kernel, template["id"]) == 1
+    assert await assigned(kernel, template["id"]) == 1
+
+
+async def test_lost_pool_is_rebuilt_from_postgres(
+    client: httpx.AsyncClient, accounts: Any, make_template: MakeTemplate, kernel: Kernel, issue: Issue
+) -> None:
+    merchant = await accounts.merchant()
+    a, b, c = await accounts.runner(), await accounts.runner(), await accounts.runner()
+    template = await make_template(merchant, total_count=3, per_user_limit=1)
+    await issue(template["id"], a.user_id)  # coupons Redis never saw (issued straight into PostgreSQL)
+    tid = int(template["id"])
+    await kernel.redis.delete(*coupon_store.PoolKeys(tid).all_static())
+    path = claim_path(template["id"])
+    again = await client.post(path, headers=a.headers)
+    assert again.status_code == 409 and again.json()["code"] == "limit_reached"
+    assert (await client.post(path, headers=b.headers)).status_code == 201
+    assert (await client.post(path, headers=c.headers)).status_code == 201
+    late = await accounts.runner()
+    assert (await client.post(path, headers=late.headers)).json()["code"] == "sold_out"
+    await persisted(kernel, tid, 3)
+
+
+async def test_claims_topic_is_keyed_by_user(kernel: Kernel, client: httpx.AsyncClient) -> None:
+    record = coupon_store.ClaimRecord(1 << 20, 7, "code", 1_700_000_000_123, "flash", "99")
+    key, value = coupon_service.claim_event(5, record)
+    env = events.decode_envelope(value)
+    ev = events.decode_payload(env)
+    assert key == "7" and env.key == "7" and env.id == f"claim-{1 << 20}"
+    assert ev.claimed_at == datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=UTC)
+    assert (ev.template_id, ev.source_kind, ev.source_ref) == ("5", "flash", "99")
