@@ -15,6 +15,10 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 import auth.app as auth_app
 import coupon.app as coupon_app
+
+# The merchant portal is the gateway's own web client (static pages over the public API), not a
+# subsystem, so the composition root mounts it next to the subsystems' app modules.
+import portal.app as portal_app
 import run.app as run_app
 from gateway import edge, health, proxy
 from gateway import metrics as gateway_metrics
@@ -67,6 +71,7 @@ def create_app(settings: Settings | None = None, subsystems: Sequence[str] | Non
         handlers += sub.route_handlers
     for up in upstreams:
         handlers += proxy.proxy_handlers(up)
+    handlers += portal_app.route_handlers(settings)
 
     app = Litestar(
         route_handlers=handlers,

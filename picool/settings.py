@@ -48,6 +48,12 @@ class Settings:
     runner_app_redirect_uris: str = "picool://oauth/callback,http://127.0.0.1:8000/oauth/callback"
     merchant_portal_redirect_uris: str = "http://127.0.0.1:8000/portal/callback,http://localhost:8000/portal/callback"
     cors_origins: str = "http://127.0.0.1:8000,http://localhost:8000"
+    # The merchant portal's map: an XYZ raster tile URL template ("https://tiles.example/{z}/{x}/{y}.png",
+    # optional {s} for a/b/c), empty for none (the map draws a plain grid); its attribution; the centre
+    # shown before the merchant has any task ("LAT,LON").
+    portal_tile_url: str = ""
+    portal_tile_attribution: str = ""
+    portal_map_center: str = "31.2304,121.4737"
     db_pool_size: int = 10
     db_max_overflow: int = 10
     outbox_poll_ms: int = 200
@@ -166,6 +172,26 @@ class Settings:
             raise SettingsError("PICOOL_REFRESH_TOKEN_TTL_S must not exceed PICOOL_REFRESH_TOKEN_MAX_S")
         if self.kafka_partitions < 1:
             raise SettingsError("PICOOL_KAFKA_PARTITIONS must be at least 1")
+        if self.portal_tile_url and not (
+            self.portal_tile_url.startswith(("http://", "https://", "/"))
+            and all(p in self.portal_tile_url for p in ("{z}", "{x}", "{y}"))
+        ):
+            raise SettingsError("PICOOL_PORTAL_TILE_URL must be an http(s) URL template with {z}, {x} and {y}")
+        try:
+            _ = self.map_center
+        except ValueError as exc:
+            raise SettingsError(f"PICOOL_PORTAL_MAP_CENTER must be 'LAT,LON' in degrees: {exc}") from exc
+
+    @property
+    def map_center(self) -> tuple[float, float]:
+        """``portal_map_center`` as (lat, lon); ValueError when malformed or out of range."""
+        lat_s, sep, lon_s = self.portal_map_center.partition(",")
+        if not sep:
+            raise ValueError("expected LAT,LON")
+        lat, lon = float(lat_s), float(lon_s)
+        if not (-85.0 <= lat <= 85.0 and -180.0 <= lon <= 180.0):
+            raise ValueError("latitude must be within +-85, longitude within +-180")
+        return lat, lon
 
     @property
     def uses_embedded(self) -> bool:

@@ -46,6 +46,18 @@ async def _upsert(session: AsyncSession, client: OAuthClient) -> None:
     await session.execute(stmt)
 
 
+def portal_redirect_uris(settings: Settings) -> list[str]:
+    """The merchant portal's redirect URIs: the configured ones plus the callback of the portal that this
+    gateway serves itself (``<public URL>/portal/callback``), so ``picool dev --port P`` signs in on any
+    port without configuration. A public URL that may not be a redirect URI (plain http on a public
+    host) adds nothing."""
+    uris = settings.csv(settings.merchant_portal_redirect_uris)
+    own = f"{settings.base_url}/portal/callback"
+    if own not in uris and domain.valid_redirect_uri(own):
+        uris.append(own)
+    return uris
+
+
 async def seed_builtin_clients(session: AsyncSession, settings: Settings, service_secret: str) -> None:
     """Create or update runner-app, merchant-portal (public, PKCE) and picool-service (confidential,
     client_credentials) so they match the current settings."""
@@ -67,7 +79,7 @@ async def seed_builtin_clients(session: AsyncSession, settings: Settings, servic
             client_id=MERCHANT_PORTAL,
             name="Picool merchant portal",
             secret_hash=None,
-            redirect_uris=settings.csv(settings.merchant_portal_redirect_uris),
+            redirect_uris=portal_redirect_uris(settings),
             grant_types=user_grants,
             scopes=list(domain.USER_SCOPES),
         ),

@@ -42,3 +42,20 @@ def test_prod_requires_servers() -> None:
 def test_malformed_values(key: str, value: str) -> None:
     with pytest.raises(SettingsError):
         Settings.from_env({key: value})
+
+
+def test_portal_map_settings() -> None:
+    s = Settings.from_env(
+        {
+            "PICOOL_PORTAL_TILE_URL": "https://{s}.tiles.example/{z}/{x}/{y}.png",
+            "PICOOL_PORTAL_MAP_CENTER": "-33.9,18.4",
+        }
+    )
+    assert s.portal_tile_url.endswith("{y}.png") and s.map_center == (-33.9, 18.4)
+    assert Settings.from_env({}).portal_tile_url == ""  # no tiles by default: the portal draws a grid
+    for bad in ("https://tiles.example/tile.png", "ftp://t/{z}/{x}/{y}", "javascript:{z}{x}{y}"):
+        with pytest.raises(SettingsError, match="TILE_URL"):
+            Settings.from_env({"PICOOL_PORTAL_TILE_URL": bad})
+    for bad in ("31.2", "north,east", "89,0", "0,181", "nan,0"):
+        with pytest.raises(SettingsError, match="MAP_CENTER"):
+            Settings.from_env({"PICOOL_PORTAL_MAP_CENTER": bad})
