@@ -20,9 +20,10 @@ from run.service._context import INDEX_COLUMNS, RunContext, entry_of, run_view, 
 
 MAX_ACTIVE_RUNS = 3
 MAX_POINTS_PER_RUN = 50_000
-# Device clocks drift; points may be stamped up to this far outside [accepted_at, deadline]. Beyond
-# that they are junk (and the compact encoding holds only ~24 days around the first point anyway).
-CLOCK_TOLERANCE = timedelta(hours=24)
+# A track must have taken real time: points may not be stamped before the run was accepted or after
+# the server's "now" (so a made-up track cannot be uploaded and finished at once). Phones keep network
+# time, so a small skew either way is all the tolerance they need.
+CLOCK_SKEW = timedelta(minutes=2)
 EXPIRY_BATCH = 500
 # Namespace of this subsystem's advisory locks (the second key is a hash of the runner id).
 _RUNNER_LOCK_NS = 7301
@@ -166,7 +167,7 @@ class RunService:
             await self.ctx.task_changed(freed)
             raise Conflict("This run passed its deadline and has expired.", code="run_not_active")
         points = [domain.TrackPoint(p.ts_ms, p.lat, p.lon, p.accuracy_m) for p in batch.points]
-        _check_batch(points, row.last_ts_ms, to_ms(row.accepted_at), to_ms(row.deadline))
+        _check_batch(points, row.last_ts_ms, to_ms(row.accepted_at), to_ms(now))
         if row.point_count + len(points) > MAX_POINTS_PER_RUN:
             raise Conflict(f"A run holds at most {MAX_POINTS_PER_RUN} points.", code="track_too_long")
         try:
@@ -413,9 +414,10 @@ async def _expire_overdue(
     return len(task_ids), entries
 
 
-def _check_batch(points: list[domain.TrackPoint], last_ts_ms: int | None, accepted_ms: int, deadline_ms: int) -> None:
-    lo = accepted_ms - int(CLOCK_TOLERANCE.total_seconds() * 1000)
-    hi = deadline_ms + int(CLOCK_TOLERANCE.total_seconds() * 1000)
+def _check_batch(points: list[domain.TrackPoint], last_ts_ms: int | None, accepted_ms: int, now_ms: int) -> None:
+    skew_ms = int(CLOCK_SKEW.total_seconds() * 1000)
+    lo = accepted_ms - skew_ms
+    hi = now_ms + skew_ms
     prev = last_ts_ms
     for k, p in enumerate(points):
         if prev is not None and p.ts_ms <= prev:
@@ -424,10 +426,15 @@ def _check_batch(points: list[domain.TrackPoint], last_ts_ms: int | None, accept
                 f"points[{k}].ts_ms must be greater than {where} ({prev}).",
                 errors=[_err(f"points[{k}].ts_ms", "timestamps must increase strictly")],
             )
-        if not lo <= p.ts_ms <= hi:
+        if p.ts_ms < lo:
             raise InvalidRequest(
-                f"points[{k}].ts_ms is more than a day outside the run's time.",
-                errors=[_err(f"points[{k}].ts_ms", "out of range")],
+                f"points[{k}].ts_ms is before the run was accepted.",
+                errors=[_err(f"points[{k}].ts_ms", "before the run was accepted")],
+            )
+        if p.ts_ms > hi:
+            raise InvalidRequest(
+                f"points[{k}].ts_ms is in the future (the server's clock says {now_ms}).",
+                errors=[_err(f"points[{k}].ts_ms", "in the future")],
             )
         prev = p.ts_ms
 

@@ -7,15 +7,16 @@ import contextlib
 import math
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from sqlalchemy import update
 from aiokafka import AIOKafkaConsumer
 
 from picool import events
 from picool.kernel import Kernel
-from run import domain
+from run import domain, models
 
 SHANGHAI = (31.2304, 121.4737)
 
@@ -147,3 +148,22 @@ async def wait_until_free(kernel: Kernel, key: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{key} stayed taken")
+
+
+REWIND = timedelta(minutes=30)
+
+
+async def rewound(kernel: Kernel, run: dict[str, Any]) -> dict[str, Any]:
+    """A fake clock for tracks: the run is moved to have been accepted 30 minutes ago (its deadline
+    stays), so a track stamped from ``accepted_at`` on lies in the past — the server refuses points
+    stamped in the future."""
+    async with kernel.sessionmaker() as s, s.begin():
+        new = (
+            await s.execute(
+                update(models.Run)
+                .where(models.Run.id == int(run["id"]))
+                .values(accepted_at=models.Run.accepted_at - REWIND)
+                .returning(models.Run.accepted_at)
+            )
+        ).scalar_one()
+    return {**run, "accepted_at": new.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}

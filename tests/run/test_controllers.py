@@ -15,7 +15,7 @@ from sqlalchemy import update
 from picool.kernel import Kernel
 from run import geo, models
 
-from .conftest import SHANGHAI, job_held_off, make_task, make_template, ms, offset, task_body, track_to
+from .conftest import SHANGHAI, job_held_off, make_task, make_template, ms, offset, rewound, task_body, track_to
 
 TASKS = "/api/v1/run/tasks"
 RUNS = "/api/v1/run/runs"
@@ -43,11 +43,12 @@ class World:
     async def accept(self, runner: Any, task: dict[str, Any]) -> httpx.Response:
         return await self.client.post(f"{TASKS}/{task['id']}/runs", headers=runner.headers)
 
-    async def run(self, runner: Any, task: dict[str, Any]) -> dict[str, Any]:
+    async def run(self, runner: Any, task: dict[str, Any], *, rewind: bool = True) -> dict[str, Any]:
+        """Accept ``task``; with ``rewind`` the run is moved 30 minutes into the past (fake clock for tracks)."""
         resp = await self.accept(runner, task)
         assert resp.status_code == 201, resp.text
         run: dict[str, Any] = resp.json()
-        return run
+        return await rewound(self.kernel, run) if rewind else run
 
     async def points(self, runner: Any, run: dict[str, Any], points: list[dict[str, Any]]) -> httpx.Response:
         return await self.client.post(f"{RUNS}/{run['id']}/points", json={"points": points}, headers=runner.headers)
@@ -413,7 +414,7 @@ async def test_accept_quota_race_exactly_quota_succeed(world: World, accounts: A
 async def test_accept_rules(world: World, accounts: Any) -> None:
     runner = await accounts.runner()
     tasks = [await world.task(title=f"t{k}") for k in range(4)]
-    run = await world.run(runner, tasks[0])
+    run = await world.run(runner, tasks[0], rewind=False)
     assert run["status"] == "active" and run["task_id"] == tasks[0]["id"] and run["runner_id"] == runner.user_id
     assert ms(run["deadline"]) - ms(run["accepted_at"]) == 3600 * 1000
     assert run["finished_at"] is None and run["rejection_reason"] is None
@@ -520,6 +521,23 @@ async def test_points_batches(world: World, accounts: Any) -> None:
         assert_problem(resp, 400)
     resp = await world.points(runner, run, [{**pts[10], "ts_ms": pts[10]["ts_ms"] + k} for k in range(1000)])
     assert resp.status_code == 202 and resp.json() == {"accepted": 1000, "total_points": 1010}
+
+
+async def test_a_track_must_have_taken_real_time(world: World, accounts: Any) -> None:
+    """A made-up track stamped in the future (uploaded and finished at once) is refused, as are points
+    from before the run was accepted; a couple of minutes of phone-clock skew are fine."""
+    runner = await accounts.runner()
+    run = await world.run(runner, await world.task())
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    future = track_to(SHANGHAI, now + 10 * 60_000)[:3]
+    resp = await world.points(runner, run, future)
+    assert_problem(resp, 400, "invalid_request")
+    assert "future" in resp.json()["detail"]
+    before = track_to(SHANGHAI, ms(run["accepted_at"]) - 10 * 60_000)[:3]
+    assert_problem(await world.points(runner, run, before), 400, "invalid_request")
+    assert (await world.get_run(runner, run)).json()["status"] == "active"
+    skewed = track_to(SHANGHAI, now + 60_000)[:3]  # a phone one minute ahead
+    assert (await world.points(runner, run, skewed)).status_code == 202
 
 
 async def test_points_and_finish_only_by_the_runner(world: World, accounts: Any) -> None:

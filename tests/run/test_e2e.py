@@ -10,7 +10,7 @@ from picool import events
 from picool.kernel import Kernel
 from run.service import event_id_of
 
-from .conftest import SHANGHAI, make_template, ms, offset, read_events, task_body, track_to
+from .conftest import SHANGHAI, make_template, ms, offset, read_events, rewound, task_body, track_to
 
 
 async def test_task_to_reward_event(client: httpx.AsyncClient, accounts: Any, kernel: Kernel) -> None:
@@ -32,7 +32,7 @@ async def test_task_to_reward_event(client: httpx.AsyncClient, accounts: Any, ke
 
     resp = await client.post(f"/api/v1/run/tasks/{task['id']}/runs", headers=runner.headers)
     assert resp.status_code == 201, resp.text
-    run = resp.json()
+    run = await rewound(kernel, resp.json())  # fake clock: the jog below happened in the last half hour
 
     # A realistic jog: a fix every 2 s at ~2.8 m/s with a little GPS noise, sent in batches as a phone would.
     points = track_to(SHANGHAI, ms(run["accepted_at"]) + 2000, distance_m=1600, speed_mps=2.8, every_s=2)

@@ -15,7 +15,7 @@ from picool.kernel import Kernel
 from run import domain, models
 from run.service import RunService, TaskService, event_id_of, verify_config_from
 
-from .conftest import SHANGHAI, make_task, make_template, ms, read_events, track_to
+from .conftest import SHANGHAI, make_task, make_template, ms, read_events, rewound, track_to
 
 
 def runs_service(kernel: Kernel) -> RunService:
@@ -29,14 +29,14 @@ def tasks_service(kernel: Kernel) -> TaskService:
 
 
 async def started_run(
-    client: httpx.AsyncClient, accounts: Any, **task_over: Any
+    client: httpx.AsyncClient, accounts: Any, kernel: Kernel, **task_over: Any
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     merchant = await accounts.merchant()
     task = await make_task(client, merchant.headers, await make_template(client, merchant.headers), **task_over)
     runner = await accounts.runner()
     resp = await client.post(f"/api/v1/run/tasks/{task['id']}/runs", headers=runner.headers)
     assert resp.status_code == 201, resp.text
-    return runner, task, resp.json()
+    return runner, task, await rewound(kernel, resp.json())
 
 
 async def stored(kernel: Kernel, run_id: str) -> models.Run:
@@ -57,7 +57,7 @@ def test_verify_config_from_settings() -> None:
 
 
 async def test_track_is_stored_compactly_and_decodes(client: httpx.AsyncClient, accounts: Any, kernel: Kernel) -> None:
-    runner, _, run = await started_run(client, accounts)
+    runner, _, run = await started_run(client, accounts, kernel)
     pts = track_to(SHANGHAI, ms(run["accepted_at"]) + 1000)
     for k in range(0, len(pts), 64):
         resp = await client.post(
@@ -73,7 +73,7 @@ async def test_track_is_stored_compactly_and_decodes(client: httpx.AsyncClient, 
 
 
 async def test_racing_batches_store_one_of_them(client: httpx.AsyncClient, accounts: Any, kernel: Kernel) -> None:
-    runner, _, run = await started_run(client, accounts)
+    runner, _, run = await started_run(client, accounts, kernel)
     pts = track_to(SHANGHAI, ms(run["accepted_at"]) + 1000)
     overlapping = [pts[0:20], pts[10:30], pts[5:25], pts[15:35]]
     answers = await asyncio.gather(
@@ -89,7 +89,7 @@ async def test_racing_batches_store_one_of_them(client: httpx.AsyncClient, accou
 
 
 async def test_racing_finishes_complete_once(client: httpx.AsyncClient, accounts: Any, kernel: Kernel) -> None:
-    runner, task, run = await started_run(client, accounts)
+    runner, task, run = await started_run(client, accounts, kernel)
     resp = await client.post(
         f"/api/v1/run/runs/{run['id']}/points",
         json={"points": track_to(SHANGHAI, ms(run["accepted_at"]) + 1000)},
@@ -110,7 +110,7 @@ async def test_racing_finishes_complete_once(client: httpx.AsyncClient, accounts
 
 
 async def test_expiry_sweep_frees_slots(client: httpx.AsyncClient, accounts: Any, kernel: Kernel) -> None:
-    _, task, run = await started_run(client, accounts, quota=1)
+    _, task, run = await started_run(client, accounts, kernel, quota=1)
     async with kernel.sessionmaker() as s, s.begin():
         await s.execute(
             update(models.Run)
