@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import update
 from aiokafka import AIOKafkaConsumer
+from sqlalchemy import update
 
 from picool import events
 from picool.kernel import Kernel
