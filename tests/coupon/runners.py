@@ -1,16 +1,24 @@
-"""Many signed-in runners, fast: accounts inserted with one shared password hash (argon2 once, not per
-runner), tokens issued by the auth subsystem's own token service (a real refresh family and a real
-ES256 access token the verifier checks against the JWKS, exactly what a login returns)."""
+"""Many signed-in runners, fast, and an app that lets their storm through.
+
+Accounts are inserted with one shared password hash (argon2 once, not per runner); tokens are issued by
+the auth subsystem's own token service: a real refresh family and a real ES256 access token that the
+verifier checks against the JWKS, exactly what a login returns."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
+
+import httpx
 
 from auth import domain as auth_domain
 from auth import service as auth_service
 from auth.models import User
 from auth.service import _passwords
 from picool.kernel import Kernel
+from picool.settings import Settings
+from picool.testing import running
 from tests.conftest import Actor
 
 PASSWORD = "correct horse battery"
@@ -46,3 +54,20 @@ async def make_runners(kernel: Kernel, n: int, *, prefix: str = "grab") -> list[
                 Actor(str(user.id), user.email, PASSWORD, "runner", tokens.access_token, tokens.refresh_token or "")
             )
     return out
+
+
+@contextlib.asynccontextmanager
+async def roomy_client(settings: Settings, node_id: int) -> AsyncIterator[httpx.AsyncClient]:
+    """A client on an app of its own whose rate limits (edge and claims) let a whole storm from one test
+    address through. It runs no workers: its claims reach Kafka, and the session app's claim consumer
+    and reconciler persist them (they share the topics)."""
+    from gateway.app import create_app
+
+    roomy = "default:ip=1000000/60,user=1000000/60;auth:ip=60/60"
+    app = create_app(
+        settings.with_(rate_limits=roomy, claim_rate_ip="", claim_rate_user="", workers_enabled=False, node_id=node_id)
+    )
+    async with running(app, wait_consumers=False):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local", timeout=60) as c:
+            yield c

@@ -4,6 +4,8 @@ the claim rate limits, the reconciler and the lazy rebuild of a lost pool."""
 from __future__ import annotations
 
 import asyncio
+import random
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +24,7 @@ from picool.kernel import Kernel
 from picool.settings import Settings
 from picool.testing import running, wait_for
 from tests.coupon.conftest import Issue, MakeTemplate, window
+from tests.coupon.runners import make_runners, roomy_client
 
 
 def claim_path(template_id: str) -> str:
@@ -369,3 +372,23 @@ async def test_claims_topic_is_keyed_by_user(kernel: Kernel, client: httpx.Async
     assert key == "7" and env.key == "7" and env.id == f"claim-{1 << 20}"
     assert ev.claimed_at == datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=UTC)
     assert (ev.template_id, ev.source_kind, ev.source_ref) == ("5", "flash", "99")
+
+
+async def test_template_claim_race(
+    client: httpx.AsyncClient,
+    accounts: Any,
+    make_template: MakeTemplate,
+    kernel: Kernel,
+    stack_settings: Settings,
+) -> None:
+    merchant = await accounts.merchant()
+    template = await make_template(merchant, total_count=150, per_user_limit=3)
+    runners = await make_runners(kernel, 80)
+    order = [runners[i % 80] for i in range(600)]
+    random.Random(7).shuffle(order)
+    async with roomy_client(stack_settings, node_id=203) as roomy:
+        responses = await asyncio.gather(*(roomy.post(claim_path(template["id"]), headers=r.headers) for r in order))
+    codes = Counter(r.status_code for r in responses)
+    assert codes == Counter({201: 150, 409: 450}), codes
+    assert max(Counter(r.json()["user_id"] for r in responses if r.status_code == 201).values()) <= 3
+    await persisted(kernel, template["id"], 150, timeout_s=30)
