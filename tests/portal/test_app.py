@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 from playwright.async_api import Page, expect
 
-from tests.portal.conftest import Account, api, new_merchant, new_runner, sign_in
+from picool.settings import Settings
+from tests.portal.conftest import Account, api, new_merchant, new_operator, new_runner, sign_in
 
 TEMPLATE_20_OFF_100 = {
     "name": "20 off 100",
@@ -329,3 +330,49 @@ def test_tile_sources_for_the_content_security_policy() -> None:
     assert tile_origin("/tiles/{z}/{x}/{y}.png") == ""
     assert tile_origin("https://{s}.tile.example.org/{z}/{x}/{y}.png") == "https://*.tile.example.org"
     assert tile_origin("http://127.0.0.1:8080/{z}/{x}/{y}.png") == "http://127.0.0.1:8080"
+
+
+async def test_operator_creates_a_flash_session_and_watches_it_sell_out(
+    page: Page, portal_url: str, stack_settings: Settings
+) -> None:
+    operator = new_operator(stack_settings)
+    await sign_in(page, portal_url, operator)
+    await expect(page.locator("#who")).to_contain_text("(operator)")
+    await expect(page.get_by_role("button", name="Running tasks")).to_be_hidden()  # merchants' tabs
+    await expect(page.get_by_role("button", name="Till")).to_be_hidden()
+
+    form = page.locator("#template-form")  # operators make platform templates, given out by claiming
+    assert await form.locator("select[name=distribution]").input_value() == "claim"
+    await form.locator("input[name=name]").fill("Morning flash")
+    await form.locator("select[name=type]").select_option("direct")
+    await form.locator("input[name=amount]").fill("5")
+    await expect(page.locator("#rule-preview")).to_have_text("5.00 off")
+    await form.get_by_role("button", name="Create template").click()
+    await expect(page.locator("#template-list tbody tr").filter(has_text="Morning flash")).to_be_visible()
+
+    await page.get_by_role("button", name="Flash sessions").click()
+    flash = page.locator("#flash-form")
+    await expect(flash.locator("select[name=template_id] option")).to_have_text(["Morning flash — 5.00 off"])
+    # Open since a minute ago (the field is the browser's local time).
+    started = await page.evaluate(
+        "() => { const d = new Date(Date.now() - 60000); const p = n => String(n).padStart(2, '0');"
+        " return `${d.getFullYear()}-${p(d.getMonth()+1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`; }"
+    )
+    await flash.locator("input[name=starts_at]").fill(started)
+    await flash.locator("input[name=stock]").fill("3")
+    await flash.get_by_role("button", name="Create flash session").click()
+    await expect(page.locator("#flash-message")).to_contain_text("Created session")
+    row = page.locator("#flash-list tbody tr").first
+    await expect(row.locator(".remaining")).to_have_text("3")
+    await expect(row.locator(".state")).to_have_text("open")
+    session_id = await row.get_attribute("data-session-id")
+
+    # Five runners for three coupons: three get one, two are told it sold out; the page follows.
+    outcomes = []
+    for _ in range(5):
+        runner = new_runner(portal_url).login(portal_url, "runner-app")
+        resp = httpx.post(f"{portal_url}/api/v1/coupon/flash-sessions/{session_id}/claims", headers=runner)
+        outcomes.append(resp.json().get("code") if resp.status_code != 201 else "ok")
+    assert sorted(outcomes) == ["ok", "ok", "ok", "sold_out", "sold_out"], outcomes
+    await expect(row.locator(".remaining")).to_have_text("0", timeout=10_000)
+    await expect(row.locator(".state")).to_have_text("SOLD OUT")
