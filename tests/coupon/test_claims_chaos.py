@@ -1,0 +1,224 @@
+"""Chaos: a claim storm against the app as a real process, the process killed with SIGKILL in the middle of
+it, restarted; then every claim Redis accepted is in PostgreSQL exactly once, every 201 is among them, the
+only others are claims whose answer died with the process, nobody is over the limit and the stock adds up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from coupon import models
+from coupon import service as coupon_service
+from picool.kernel import Kernel
+from picool.settings import Settings
+from picool.stack import free_port
+from picool.testing import wait_for
+from tests.coupon.conftest import MakeTemplate, iso
+from tests.coupon.runners import make_runners
+
+RUNNERS = 150
+LIMIT = 4
+STOCK = 5000  # more than RUNNERS * LIMIT: the storm ends by the kill and by limits, never by sell-out
+CLIENTS = 48
+KILL_AFTER_S = 1.5
+
+
+class AppProcess:
+    """``picool serve`` as a child process on a free port, against the test session's servers."""
+
+    def __init__(self, settings: Settings, tmp: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.tmp = tmp
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PICOOL_")}
+        self.env.update(
+            {
+                "PICOOL_ENV": "test",
+                "PICOOL_DATABASE_URL": settings.database_url,
+                "PICOOL_REDIS_URL": settings.redis_url,
+                "PICOOL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+                "PICOOL_KAFKA_TOPIC_PREFIX": f"chaos{uuid.uuid4().hex[:6]}.",
+                "PICOOL_KAFKA_PARTITIONS": "2",
+                "PICOOL_PUBLIC_URL": settings.public_url,  # the issuer of the test session's tokens
+                "PICOOL_RATE_LIMITS": "default:ip=1000000/60,user=1000000/60;auth:ip=60/60",
+                "PICOOL_CLAIM_RATE_IP": "",
+                "PICOOL_CLAIM_RATE_USER": "",
+                "PICOOL_LOG_LEVEL": "WARNING",
+            }
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = (self.tmp / f"app-{self.starts}.log").open("wb")
+        env = {**self.env, "PICOOL_NODE_ID": str(220 + self.starts)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "picool.cli", "serve", "--port", str(self.port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"app exited:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"app not ready:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        # Killed, not stopped: by then the test has what it wanted, and a graceful stop (draining the
+        # consumers) would only cost time.
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def log_tail(self) -> str:
+        return "\n".join(
+            (self.tmp / f"app-{n}.log").read_text(errors="replace")[-2000:] for n in range(1, self.starts + 1)
+        )
+
+
+@pytest.fixture
+def app_process(stack_settings: Settings, tmp_path: Path) -> Iterator[AppProcess]:
+    proc = AppProcess(stack_settings, tmp_path)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+async def storm(url: str, path: str, runners: list[Any], kill_at: float, killer: Any) -> dict[str, Any]:
+    """CLIENTS workers claim in a loop until the process dies under them; what each request got."""
+    won: list[dict[str, Any]] = []
+    refused: Counter[str] = Counter()
+    lost: Counter[str] = Counter()  # sent, no answer: maybe accepted
+    unsent = 0
+    kinds: Counter[str] = Counter()
+    stop = asyncio.Event()
+
+    async def worker(w: int, http: httpx.AsyncClient) -> None:
+        nonlocal unsent
+        i = w
+        while not stop.is_set():
+            runner = runners[i % len(runners)]
+            i += CLIENTS
+            try:
+                resp = await http.post(path, headers=runner.headers)
+            except httpx.ConnectError as exc:
+                kinds[type(exc).__name__] += 1
+                unsent += 1  # refused before a byte was sent: cannot have been accepted
+                return
+            except httpx.HTTPError as exc:
+                kinds[type(exc).__name__] += 1
+                lost[runner.user_id] += 1
+                return
+            if resp.status_code == 201:
+                won.append(resp.json())
+            else:
+                assert resp.status_code == 409, resp.text
+                refused[resp.json()["code"]] += 1
+            if i >= len(runners) * (LIMIT + 2):
+                i = w  # around again: limits refuse from now on
+
+    async def kill_later() -> None:
+        await asyncio.sleep(kill_at)
+        await asyncio.to_thread(killer)
+        stop.set()
+
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits) as http:
+        await asyncio.gather(kill_later(), *(worker(w, http) for w in range(CLIENTS)))
+    return {"won": won, "refused": refused, "lost": lost, "unsent": unsent, "errors": kinds}
+
+
+async def test_sigkill_mid_storm_loses_nothing(
+    app_process: AppProcess, client: httpx.AsyncClient, accounts: Any, make_template: MakeTemplate, kernel: Kernel
+) -> None:
+    operator = await accounts.operator()
+    template = await make_template(operator, total_count=STOCK + 100, per_user_limit=LIMIT)
+    now = datetime.now(UTC)
+    resp = await client.post(
+        "/api/v1/coupon/flash-sessions",
+        json={"template_id": template["id"], "starts_at": iso(now - timedelta(minutes=1)),
+              "ends_at": iso(now + timedelta(hours=1)), "stock": STOCK},
+        headers=operator.headers,
+    )  # fmt: skip
+    assert resp.status_code == 201, resp.text
+    session_id = resp.json()["id"]
+    runners = await make_runners(kernel, RUNNERS, prefix="chaos")
+    await asyncio.to_thread(app_process.start)
+
+    result = await storm(
+        app_process.url, f"/api/v1/coupon/flash-sessions/{session_id}/claims", runners, KILL_AFTER_S,
+        app_process.kill,
+    )  # fmt: skip
+    won, lost = result["won"], result["lost"]
+    assert len(won) > 50, result["refused"]  # the kill came in the middle of a real storm
+    assert sum(lost.values()) > 0, (
+        "the kill should catch requests in flight",
+        len(won),
+        result["refused"],
+        result["errors"],
+    )
+
+    await asyncio.to_thread(app_process.start)  # the restarted process's consumer and reconciler finish it
+    tid, sid = int(template["id"]), int(session_id)
+    store = coupon_service.claim_store(kernel)
+
+    async def settled() -> bool:
+        return await store.pending_count(tid) == 0
+
+    await wait_for(settled, timeout_s=45, interval_s=0.25)
+    ledger = await store.all_records(tid)
+    async with kernel.sessionmaker() as db:
+        rows = (
+            await db.execute(
+                select(models.UserCoupon.id, models.UserCoupon.user_id, models.UserCoupon.code).where(
+                    models.UserCoupon.template_id == tid
+                )
+            )
+        ).all()
+        assigned = (
+            await db.execute(select(models.CouponTemplate.assigned).where(models.CouponTemplate.id == tid))
+        ).scalar_one()
+    stored = {r.id: r for r in rows}
+    remaining = (await store.session_remaining([(tid, sid)]))[0]
+    assert remaining is not None and remaining >= 0
+    assert remaining + len(ledger) == STOCK  # a claim not accepted took no stock
+    assert set(stored) == set(ledger)  # Redis-accepted = PostgreSQL rows, exactly once each
+    assert assigned == len(stored)  # counters exact
+    answered = {int(c["id"]) for c in won}
+    assert answered <= set(stored)  # every 201 is in PostgreSQL
+    assert {stored[int(c["id"])].code for c in won} == {c["code"] for c in won}
+    extra = Counter(str(stored[i].user_id) for i in set(stored) - answered)
+    for user, n in extra.items():  # the only unanswered coupons are answers lost in the kill
+        assert n <= lost[user], (user, n, lost[user])
+    per_user = Counter(r.user_id for r in rows)
+    assert max(per_user.values()) <= LIMIT
+    for user, n in per_user.items():
+        assert await store.user_count(tid, user) == n
+    assert len(stored) == len(answered) + sum(extra.values())
