@@ -102,6 +102,10 @@ class OAuth2Controller(Controller):
         basic = request.headers.get("authorization", "").lower().startswith("basic ")
         try:
             client, form = await _read_client_request(request, db_session)
+            # The grants run their own transactions: give this request's connection back first, or as many
+            # concurrent token requests as the pool has connections would each hold one while waiting for a
+            # second, until the pool timed out.
+            await db_session.commit()
             tokens = await service.services_of(kernel).grants.token(client, form)
         except OAuthError as exc:
             return _oauth_error(exc, basic=basic)

@@ -143,6 +143,10 @@ class KeyRing:
     async def _fresh(self) -> None:
         if self._active is not None and time.monotonic() - self._loaded_at < self.reload_s:
             return
+        if self._active is not None and self._lock.locked():
+            # Another request is reloading; the key in hand stays valid meanwhile. Queueing here would hold
+            # the caller's pooled connection while the reloader may be waiting for one.
+            return
         changed = False
         async with self._lock:
             if self._active is None or time.monotonic() - self._loaded_at >= self.reload_s:

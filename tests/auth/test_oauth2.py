@@ -516,3 +516,37 @@ async def test_hostile_authorize_and_token_requests_are_4xx(client: httpx.AsyncC
         assert resp.status_code == 401 and resp.json()["error"] == "invalid_client", header
     resp = await client.post("/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": "x"})
     assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
+
+
+async def test_more_concurrent_refreshes_than_pooled_connections(
+    client: httpx.AsyncClient, accounts: Accounts, kernel: Kernel
+) -> None:
+    # Found by bench/auth_tokens.py: the token endpoint held its request session's connection while the
+    # grant opened a second one, so pool-size concurrent refreshes waited on each other until the pool
+    # timed out (30 s, then 500s).
+    runner = await accounts.runner()
+    n = kernel.settings.db_pool_size + kernel.settings.db_max_overflow + 4
+    families = [runner.refresh_token] + [
+        (await accounts.login(runner.email, runner.password))["refresh_token"] for _ in range(n - 1)
+    ]
+    results = await asyncio.wait_for(asyncio.gather(*(_refresh(client, t) for t in families)), timeout=20)
+    assert [r.status_code for r in results] == [200] * n
+
+
+async def test_refreshes_while_the_key_ring_reloads(
+    client: httpx.AsyncClient, accounts: Accounts, kernel: Kernel
+) -> None:
+    # Each refresh holds a pooled connection; a key-ring reload due at that moment needs one more. Requests
+    # that find a reload under way sign with the key in hand instead of queueing behind it.
+    runner = await accounts.runner()
+    n = kernel.settings.db_pool_size + kernel.settings.db_max_overflow + 4
+    families = [runner.refresh_token] + [
+        (await accounts.login(runner.email, runner.password))["refresh_token"] for _ in range(n - 1)
+    ]
+    keys = auth_service.services_of(kernel).keys
+    keys.reload_s, saved = 0.0, keys.reload_s  # every signature finds the ring due for a reload
+    try:
+        results = await asyncio.wait_for(asyncio.gather(*(_refresh(client, t) for t in families)), timeout=20)
+    finally:
+        keys.reload_s = saved
+    assert [r.status_code for r in results] == [200] * n
