@@ -18,8 +18,9 @@ template's keys live (and, in a disaster, die) together on one node:
 ===========================================  =====================================================
 
 ``coupon:pools`` (a set of template ids, no tag) tells the reconciler which pools to scan, and
-``coupon:claim-deny:<user>`` marks an account barred from claiming (one key per user, so the deny
-check spreads over the cluster instead of making one hot key).
+``coupon:claim-denylist`` (a set of user ids) is the shared copy of the claim deny list; every process
+keeps it in memory and re-reads it about once a second, so the claim path checks it without a round
+trip and the key is never hot.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from redis.asyncio import Redis
 from picool.redis import ScriptRegistry
 
 POOLS_KEY = "coupon:pools"
-DENY_PREFIX = "coupon:claim-deny:"
+DENY_KEY = "coupon:claim-denylist"
 NEVER_MS = 2**53  # "no end": larger than any millisecond timestamp, exact in Lua's doubles
 SCRIPT_PACKAGE = "coupon"
 
@@ -321,18 +322,25 @@ class ClaimStore:
         if coupon_ids:
             await self.redis.zadd(PoolKeys(template_id).pending, {str(c): now_ms for c in coupon_ids}, xx=True)
 
-    # -- deny list --------------------------------------------------------------------------------------
+    # -- deny list ---------------------------------------------------------------------------------------
     async def deny(self, user_ids: Iterable[int]) -> None:
-        """Bar accounts from claiming."""
-        pipe = self.redis.pipeline(transaction=False)
-        for u in user_ids:
-            pipe.set(f"{DENY_PREFIX}{u}", b"1")
-        await pipe.execute()
+        """Add accounts to the shared copy of the deny list."""
+        members = [str(u) for u in user_ids]
+        if members:
+            await self.redis.sadd(DENY_KEY, *members)
 
     async def allow(self, user_id: int) -> None:
-        """Lift a bar."""
-        await self.redis.delete(f"{DENY_PREFIX}{user_id}")
+        """Take an account off the shared copy."""
+        await self.redis.srem(DENY_KEY, str(user_id))
 
-    async def is_denied(self, user_id: int) -> bool:
-        """Whether ``user_id`` is barred from claiming."""
-        return bool(await self.redis.exists(f"{DENY_PREFIX}{user_id}"))
+    async def replace_denied(self, user_ids: Sequence[int]) -> None:
+        """Make the shared copy exactly ``user_ids`` (atomically: nobody reads a half-written list)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(DENY_KEY)
+        for i in range(0, len(user_ids), 1000):
+            pipe.sadd(DENY_KEY, *[str(u) for u in user_ids[i : i + 1000]])
+        await pipe.execute()
+
+    async def denied_users(self) -> frozenset[int]:
+        """The shared copy of the deny list."""
+        return frozenset(int(_s(m)) for m in await self.redis.smembers(DENY_KEY))

@@ -228,8 +228,12 @@ class TwoLevelCache(Generic[T]):
         await self.bus.invalidate_script(keys=[rkey, rkey + ":gen"], args=[])
         await self.bus.publish(self.name, key)
 
-    async def invalidate_many(self, keys: list[str]) -> None:
-        """:meth:`invalidate` for many keys in one Redis round trip (a pipeline, not a transaction)."""
+    async def invalidate_many(self, keys: list[str], *, clear_above: int = 16) -> None:
+        """:meth:`invalidate` for many keys in one Redis round trip (a pipeline, not a transaction).
+
+        Past ``clear_above`` keys the other processes are told to drop their whole local copy of this
+        cache in one message rather than one message per key (every process reads every message).
+        """
         if not keys:
             return
         pipe = self.redis.pipeline(transaction=False)
@@ -237,7 +241,11 @@ class TwoLevelCache(Generic[T]):
             self.local.pop(key, None)
             rkey = self._k(key)
             await self.bus.invalidate_script(keys=[rkey, rkey + ":gen"], args=[], client=pipe)
-            pipe.publish(CHANNEL, f"{self.name}\x00{key}")
+        if len(keys) > clear_above:
+            pipe.publish(CHANNEL, f"{self.name}\x00*")
+        else:
+            for key in keys:
+                pipe.publish(CHANNEL, f"{self.name}\x00{key}")
         await pipe.execute()
 
     async def set(self, key: str, value: T) -> None:

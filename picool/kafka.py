@@ -86,6 +86,12 @@ class KafkaBus:
         """Send one message and wait until the broker acknowledged it."""
         await self.producer.send_and_wait(topic, value=value, key=key.encode())
 
+    async def send(self, topic: str, key: str, value: bytes) -> asyncio.Future[object]:
+        """Hand one message to the producer and return its delivery future without waiting for the broker
+        (for callers whose message is recorded durably elsewhere and re-sent if it never arrives)."""
+        future: asyncio.Future[object] = await self.producer.send(topic, value=value, key=key.encode())
+        return future
+
     async def publish_many(self, items: Sequence[tuple[str, str, bytes]]) -> None:
         """Send many messages (topic, key, value) and wait until every one is acknowledged."""
         futures = [await self.producer.send(t, value=v, key=k.encode()) for t, k, v in items]

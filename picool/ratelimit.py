@@ -97,12 +97,33 @@ class RateLimiter:
         admitted, count, oldest_ms = await self._script(
             keys=[f"{self.prefix}{key}"], args=[now_ms, window_ms, limit.limit, f"{now_ms}:{uuid.uuid4().hex[:8]}"]
         )
-        reset_ms = max(0, int(oldest_ms) + window_ms - now_ms)
-        reset_s = max(1, math.ceil(reset_ms / 1000))
-        return Decision(
-            allowed=bool(admitted),
-            limit=limit.limit,
-            remaining=max(0, limit.limit - int(count)),
-            reset_s=reset_s,
-            retry_after_s=reset_s,
-        )
+        return _decision(limit, now_ms, admitted, count, oldest_ms)
+
+    async def hit_many(self, checks: list[tuple[str, Limit]]) -> list[Decision]:
+        """:meth:`hit` for several keys in one Redis round trip (a pipeline: each key is still checked
+        atomically by itself, and each counts the request whatever the others decide)."""
+        if not checks:
+            return []
+        now_ms = int(time.time() * 1000)
+        pipe = self.redis.pipeline(transaction=False)
+        for key, limit in checks:
+            await self._script(
+                keys=[f"{self.prefix}{key}"],
+                args=[now_ms, limit.window_s * 1000, limit.limit, f"{now_ms}:{uuid.uuid4().hex[:8]}"],
+                client=pipe,
+            )
+        replies = await pipe.execute()
+        return [_decision(limit, now_ms, *reply) for (_key, limit), reply in zip(checks, replies, strict=True)]
+
+
+def _decision(limit: Limit, now_ms: int, admitted: int, count: int, oldest_ms: int) -> Decision:
+    window_ms = limit.window_s * 1000
+    reset_ms = max(0, int(oldest_ms) + window_ms - now_ms)
+    reset_s = max(1, math.ceil(reset_ms / 1000))
+    return Decision(
+        allowed=bool(admitted),
+        limit=limit.limit,
+        remaining=max(0, limit.limit - int(count)),
+        reset_s=reset_s,
+        retry_after_s=reset_s,
+    )

@@ -20,6 +20,7 @@ from coupon.service._flash import (
     sessions_of_day,
 )
 from coupon.service._issue import (
+    Issued,
     IssueOutcome,
     IssueRequest,
     IssueResult,
@@ -76,6 +77,7 @@ __all__ = [
     "IssueOutcome",
     "IssueRequest",
     "IssueResult",
+    "Issued",
     "NewFlashSession",
     "NewTemplate",
     "PremadeCoupon",

@@ -2,24 +2,27 @@
 
 The request path: the deny list and the claim rate limits (one Redis round trip, concurrently), the
 template and session from the two-level cache, then ``coupon/lua/claim.lua`` decides and records the
-claim in Redis with the id and code made here, then :class:`picool.events.CouponClaimedV1` goes to
-Kafka and the runner gets the coupon. The claim consumer writes it to PostgreSQL within moments.
+claim in Redis with the id and code made here, then :class:`picool.events.CouponClaimedV1` is handed to
+the Kafka producer and the runner gets the coupon. The claim consumer writes it to PostgreSQL within
+moments.
 
-Once the script accepted, the answer is 201 whatever Kafka does: the claim record in Redis (pending
-until PostgreSQL has the coupon) is the durable ledger, and the reconciler re-sends what Kafka never
-got. So a claim answered 201 is never lost, and a refused one takes no stock.
+Once the script accepted, the answer is 201 whatever Kafka does, and it does not wait for the broker's
+acknowledgement: the claim record in Redis (pending until PostgreSQL has the coupon) is the durable
+ledger, and the reconciler re-sends what Kafka never got. So a claim answered 201 is never lost, and a
+refused one takes no stock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from coupon import domain as coupon_domain
 from coupon import store as coupon_store
-from coupon.service import _flash, _pools
+from coupon.service import _denylist, _flash, _pools
 from coupon.service._issue import new_identifiers
 from coupon.service._records import Actor, CouponRecord, TemplateRecord
 from coupon.service._templates import require_template
@@ -118,7 +121,8 @@ def claim_event(template_id: int, record: coupon_store.ClaimRecord) -> tuple[str
 
 
 async def publish_claim(kernel: Kernel, template_id: int, record: coupon_store.ClaimRecord) -> bool:
-    """Send an accepted claim to the claims topic (keyed by user); False when Kafka did not take it in time."""
+    """Send an accepted claim to the claims topic (keyed by user) and wait for the broker; False when it
+    did not take it in time (the reconciler sends it later). Used where waiting costs nothing."""
     key, value = claim_event(template_id, record)
     try:
         async with asyncio.timeout(PUBLISH_TIMEOUT_S):
@@ -127,6 +131,33 @@ async def publish_claim(kernel: Kernel, template_id: int, record: coupon_store.C
         log.warning("claim %s accepted but not sent to Kafka; the reconciler will send it", record.coupon_id)
         return False
     return True
+
+
+def _sent(coupon_id: int) -> Callable[[asyncio.Future[object]], None]:
+    def done(future: asyncio.Future[object]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            metrics.CLAIMS.labels("kafka", "send_failed").inc()
+            log.warning("claim %s accepted but not sent to Kafka; the reconciler will send it", coupon_id)
+
+    return done
+
+
+async def send_claim(kernel: Kernel, template_id: int, record: coupon_store.ClaimRecord) -> None:
+    """Hand an accepted claim to the Kafka producer without waiting for the broker's acknowledgement.
+
+    The claim is already durable in Redis (its ledger entry stays pending until PostgreSQL has the
+    coupon, and the reconciler re-sends what the broker never got), so the runner's answer need not
+    wait for the broker; a producer that refuses at once is logged and left to the reconciler too.
+    """
+    key, value = claim_event(template_id, record)
+    try:
+        async with asyncio.timeout(PUBLISH_TIMEOUT_S):  # only a full producer buffer can make this wait
+            future = await kernel.bus.send(kernel.settings.topic(events.TOPIC_COUPON_CLAIMS), key, value)
+    except Exception:
+        metrics.CLAIMS.labels("kafka", "send_failed").inc()
+        log.warning("claim %s accepted but not sent to Kafka; the reconciler will send it", record.coupon_id)
+        return
+    future.add_done_callback(_sent(record.coupon_id))
 
 
 def _refused(decision: Decision, kind: str, by: str) -> TooManyRequests:
@@ -141,25 +172,25 @@ def _refused(decision: Decision, kind: str, by: str) -> TooManyRequests:
 
 
 async def admit(kernel: Kernel, user_id: int, ip: str, kind: str) -> None:
-    """Refuse a barred account (403 ``claim_denied``) or a caller over a claim rate limit (429
-    ``rate_limited``). The deny check and the per-IP limit run concurrently; the per-runner limit is
-    counted only for attempts the address was allowed, so a crowded address does not use up its
-    runners' own allowance."""
-    g = guards(kernel)
-    store = _pools.claim_store(kernel)
-    if g.per_ip is not None:
-        denied, by_ip = await asyncio.gather(store.is_denied(user_id), g.limiter.hit(f"ip:{ip}", g.per_ip))
-    else:
-        denied, by_ip = await store.is_denied(user_id), None
-    if denied:
+    """Refuse a barred account (403 ``claim_denied``, from this process's copy of the deny list: no round
+    trip) or a caller over a claim rate limit (429 ``rate_limited``). Both limits are checked in one
+    Redis round trip, and every attempt that reaches them counts against both (abusers pay for their
+    attempts; a runner behind a crowded address can use up its own allowance too)."""
+    if await _denylist.is_denied(kernel, user_id):
         metrics.CLAIMS.labels(kind, "denied").inc()
         raise ClaimDenied("This account may not claim coupons.")
-    if by_ip is not None and not by_ip.allowed:
-        raise _refused(by_ip, kind, "ip")
+    g = guards(kernel)
+    checks: list[tuple[str, str, Limit]] = []
+    if g.per_ip is not None:
+        checks.append(("ip", f"ip:{ip}", g.per_ip))
     if g.per_user is not None:
-        by_user = await g.limiter.hit(f"user:{user_id}", g.per_user)
-        if not by_user.allowed:
-            raise _refused(by_user, kind, "user")
+        checks.append(("user", f"user:{user_id}", g.per_user))
+    if not checks:
+        return
+    decisions = await g.limiter.hit_many([(key, limit) for _by, key, limit in checks])
+    for (by, _key, _limit), decision in zip(checks, decisions, strict=True):
+        if not decision.allowed:
+            raise _refused(decision, kind, by)
 
 
 async def _take(
@@ -183,7 +214,7 @@ async def _take(
     outcome = result.outcome
     metrics.CLAIMS.labels(kind, outcome.value).inc()
     if outcome is coupon_store.ClaimOutcome.OK:
-        await publish_claim(kernel, template.id, record)
+        await send_claim(kernel, template.id, record)
         return claimed_coupon(template, record)
     if outcome is coupon_store.ClaimOutcome.REPLAY:
         if result.record is None:

@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -220,6 +220,15 @@ def _premade_values(c: PremadeCoupon, template: TemplateRecord, code: str, now: 
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A coupon :func:`issue_premade` wrote."""
+
+    coupon_id: int
+    user_id: int
+    template_id: int
+
+
 async def issue_premade(
     session: AsyncSession,
     templates: dict[int, TemplateRecord],
@@ -227,7 +236,7 @@ async def issue_premade(
     *,
     actor: Actor,
     now: datetime,
-) -> list[CouponRecord]:
+) -> list[Issued]:
     """Write a batch of pre-decided coupons in the caller's transaction; returns those newly written.
 
     Idempotent on the coupon id: a coupon already stored is skipped and counted once. ``assigned`` goes
@@ -243,15 +252,15 @@ async def issue_premade(
             raise ValueError(f"coupon {c.coupon_id} does not carry the shard of user {c.user_id}")
         if c.source_kind not in SOURCE_KINDS:
             raise ValueError(f"unknown source kind {c.source_kind!r}")
-    unique = list({c.coupon_id: c for c in coupons}.values())
+    unique = {c.coupon_id: c for c in coupons}
     if not unique:
         return []
     table = _coupons.USER_COUPONS
-    stmt = pg_insert(table).on_conflict_do_nothing().returning(*_coupons.columns(table))
-    rows = [_premade_values(c, templates[c.template_id], c.code, now) for c in unique]
-    inserted = [_coupons.to_record(r) for r in (await session.execute(stmt, rows)).all()]
-    done = {r.id for r in inserted}
-    left = [c for c in unique if c.coupon_id not in done]
+    # Only the ids come back: building full records for a batch would cost more than the insert.
+    stmt = pg_insert(table).on_conflict_do_nothing().returning(table.c.id)
+    rows = [_premade_values(c, templates[c.template_id], c.code, now) for c in unique.values()]
+    done = {r.id for r in (await session.execute(stmt, rows)).all()}
+    left = [c for cid, c in unique.items() if cid not in done]
     if left:
         # Either stored before (a redelivery: fine) or, about once in 2**65, a code someone else holds.
         present = {
@@ -275,26 +284,38 @@ async def issue_premade(
                         pg_insert(table)
                         .values(**_premade_values(c, templates[c.template_id], code, now))
                         .on_conflict_do_nothing()
-                        .returning(*_coupons.columns(table))
+                        .returning(table.c.id)
                     )
                 ).first()
                 if row is not None:
-                    inserted.append(_coupons.to_record(row))
+                    done.add(c.coupon_id)
                     break
+    issued = [Issued(cid, unique[cid].user_id, unique[cid].template_id) for cid in done]
     per_template: dict[int, int] = {}
-    for r in inserted:
-        per_template[r.template_id] = per_template.get(r.template_id, 0) + 1
+    for i in issued:
+        per_template[i.template_id] = per_template.get(i.template_id, 0) + 1
     for template_id in sorted(per_template):
         await session.execute(
             update(models.CouponTemplate)
             .where(models.CouponTemplate.id == template_id)
             .values(assigned=models.CouponTemplate.assigned + per_template[template_id])
         )
-    by_source: dict[tuple[str, str], list[CouponRecord]] = {}
-    for r in inserted:
-        by_source.setdefault((r.source_kind, r.source_ref), []).append(r)
-    for (kind, ref), group in by_source.items():
-        await _coupons.audit(
-            session, group, actor=actor, from_status=None, to_status="unused", reason=f"issued ({kind} {ref})", at=now
+    if issued:
+        label = actor.label[:64]
+        await session.execute(
+            insert(models.CouponAudit),
+            [
+                {
+                    "coupon_id": i.coupon_id,
+                    "user_id": i.user_id,
+                    "template_id": i.template_id,
+                    "actor": label,
+                    "at": now,
+                    "from_status": None,
+                    "to_status": coupon_domain.CouponStatus.UNUSED.value,
+                    "reason": f"issued ({unique[i.coupon_id].source_kind} {unique[i.coupon_id].source_ref})"[:200],
+                }
+                for i in issued
+            ],
         )
-    return inserted
+    return issued
