@@ -36,7 +36,8 @@ SERVICE_CLIENT_ID = "picool-service"
 class Kernel:
     """Owns the engine, Redis, Kafka, the outbox relay, caches, the token verifier and the workers.
 
-    Start order: Redis, PostgreSQL, Kafka, cache bus, subsystem hooks, then background workers.
+    Start order: Redis, PostgreSQL, Kafka, cache bus and denylist notices, subsystem hooks, then background
+    workers.
     Stop order (after the server stopped taking requests): stop schedulers, flush the outbox relay,
     let consumers drain what the broker holds, then close Kafka, the cache bus, Redis and the engine.
     """
@@ -130,6 +131,7 @@ class Kernel:
             topics += [t for t in sub.topics if t not in topics]
         await self.bus.ensure_topics(topics)
         await self.cache_bus.start()
+        await self.denylist.start()
         for sub in self.subsystems:
             for hook in sub.on_startup:
                 await hook(self)
@@ -214,6 +216,7 @@ class Kernel:
         with contextlib.suppress(Exception):
             await self.bus.stop()
         await self.cache_bus.stop()
+        await self.denylist.stop()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
         await self.engine.dispose()

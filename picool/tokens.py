@@ -7,6 +7,7 @@ refetches it only when a token names an unknown ``kid`` (at most once per ``refe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+from cachetools import LRUCache, TTLCache
 from jwt import PyJWK
 from redis.asyncio import Redis
 
@@ -59,16 +61,37 @@ class Identity:
 
 
 class Denylist:
-    """Revoked token ids, refresh-token families and accounts, kept in Redis until the tokens expire."""
+    """Revoked token ids, refresh-token families and accounts, kept in Redis until the tokens expire.
+
+    Every authenticated request asks it, so once :meth:`start` has subscribed this process to the
+    revocation channel, it keeps recent "not revoked" answers for up to ``local_ttl_s`` and forgets all of
+    them whenever any process revokes something (:meth:`deny` publishes a notice) or the subscription
+    drops. A revocation thus reaches every process within the pub/sub delay; this process sees its own at
+    once. Without a live subscription every check asks Redis.
+    """
 
     PREFIX = "picool:deny:"
+    CHANNEL = "picool:deny:notices"
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, local_ttl_s: float = 5.0, local_max: int = 50_000) -> None:
         self.redis = redis
+        self._clear: TTLCache[tuple[str, str | None, str], bool] | None = (
+            TTLCache(maxsize=local_max, ttl=local_ttl_s) if local_ttl_s > 0 else None
+        )
+        self._generation = 0  # bumped by every forget, so an answer read before a revocation is not kept
+        self._listening = False
+        self._task: asyncio.Task[None] | None = None
+
+    def _forget(self) -> None:
+        self._generation += 1
+        if self._clear is not None:
+            self._clear.clear()
 
     async def deny(self, kind: str, value: str, ttl_s: int) -> None:
         """Refuse tokens whose ``kind`` (jti | fam | sub) equals ``value`` for ``ttl_s`` seconds."""
         await self.redis.set(f"{self.PREFIX}{kind}:{value}", b"1", ex=max(1, ttl_s))
+        self._forget()
+        await self.redis.publish(self.CHANNEL, f"{kind}:{value}")
 
     async def allow(self, kind: str, value: str) -> None:
         """Lift a denial (e.g. an account unfrozen)."""
@@ -76,11 +99,62 @@ class Denylist:
 
     async def is_denied(self, jti: str, family_id: str | None, sub: str) -> bool:
         """True when the token, its family or its subject has been revoked."""
+        key = (jti, family_id, sub)
+        if self._clear is not None and self._clear.get(key):
+            return False
+        generation = self._generation
         keys = [f"{self.PREFIX}jti:{jti}", f"{self.PREFIX}sub:{sub}"]
         if family_id:
             keys.append(f"{self.PREFIX}fam:{family_id}")
         values = await self.redis.mget(keys)
-        return any(v is not None for v in values)
+        denied = any(v is not None for v in values)
+        if not denied and self._clear is not None and self._listening and generation == self._generation:
+            self._clear[key] = True
+        return denied
+
+    async def start(self) -> None:
+        """Subscribe to revocation notices (returns once the subscription is live) and keep answers locally."""
+        if self._clear is None or self._task is not None:
+            return
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self.CHANNEL)
+        self._listening = True
+        self._task = asyncio.create_task(self._listen(pubsub), name="denylist-notices")
+
+    async def _listen(self, pubsub: Any) -> None:
+        try:
+            while True:
+                try:
+                    msg = await pubsub.get_message(timeout=1.0)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # Notices may have been missed: stop keeping answers until subscribed again.
+                    log.warning("denylist notices lost Redis; asking Redis on every check", exc_info=True)
+                    self._listening = False
+                    self._forget()
+                    await asyncio.sleep(0.5)
+                    with contextlib.suppress(Exception):
+                        await pubsub.subscribe(self.CHANNEL)
+                        self._forget()
+                        self._listening = True
+                    continue
+                if msg is not None and msg.get("type") == "message":
+                    self._forget()
+        finally:
+            self._listening = False
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def stop(self) -> None:
+        """Unsubscribe; every later check asks Redis."""
+        self._listening = False
+        self._forget()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
 
 
 class TokenVerifier:
@@ -89,6 +163,10 @@ class TokenVerifier:
     Pinned to :data:`ALGORITHMS`; requires ``iss``, ``sub``, ``aud``, ``exp``, ``iat``, ``jti`` and
     ``role``; checks ``nbf`` when present; refuses anything whose ``typ`` header is not ``at+jwt``
     (so a refresh token or an ID token cannot pass as an access token); consults the denylist.
+
+    A client sends the same token with every request for its whole lifetime, so the identities of the
+    last ``verified_max`` tokens that passed are kept (keyed by the exact token text) and a repeat only
+    checks the expiry and the denylist again. They are forgotten when a key leaves the JWKS.
     """
 
     def __init__(
@@ -100,6 +178,7 @@ class TokenVerifier:
         *,
         refetch_interval_s: float = 5.0,
         leeway_s: int = 5,
+        verified_max: int = 10_000,
     ) -> None:
         self.issuer = issuer
         self.audiences = audiences
@@ -111,6 +190,7 @@ class TokenVerifier:
         self._last_fetch = 0.0
         self._fetch_lock = asyncio.Lock()
         self.verifications = 0  # how many tokens this verifier checked (the edge must check each once)
+        self._verified: LRUCache[str, Identity] | None = LRUCache(maxsize=verified_max) if verified_max > 0 else None
 
     async def refresh(self, *, force: bool = False) -> None:
         """Fetch the JWKS again (rate-limited unless ``force``)."""
@@ -133,6 +213,8 @@ class TokenVerifier:
                     keys[kid] = PyJWK.from_dict(dict(jwk))
                 except Exception:
                     log.warning("skipping unusable JWK %s", kid)
+            if self._verified is not None and not set(self._keys) <= set(keys):
+                self._verified.clear()  # a key was withdrawn: what it signed must be checked again
             self._keys = keys
 
     async def _key_for(self, kid: str) -> PyJWK:
@@ -147,6 +229,17 @@ class TokenVerifier:
     async def verify(self, token: str) -> Identity:
         """The identity in ``token``, or :class:`TokenError`."""
         self.verifications += 1
+        ident = self._verified.get(token) if self._verified is not None else None
+        if ident is None or ident.expires_at + self.leeway_s <= time.time():
+            ident = await self._verify_signed(token)
+            if self._verified is not None:
+                self._verified[token] = ident
+        if self.denylist is not None and await self.denylist.is_denied(ident.jti, ident.family_id, ident.user_id):
+            raise TokenError("revoked")
+        return ident
+
+    async def _verify_signed(self, token: str) -> Identity:
+        """Header, key, signature and claims of ``token`` (everything but the denylist)."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -188,8 +281,6 @@ class TokenVerifier:
             raise TokenError("bad_role")
         sub = str(claims["sub"])
         fid = claims.get("fid")
-        if self.denylist is not None and await self.denylist.is_denied(str(claims["jti"]), fid, sub):
-            raise TokenError("revoked")
         scope = claims.get("scope", "")
         mid = claims.get("merchant_id")
         return Identity(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -18,7 +19,9 @@ from jwt.algorithms import ECAlgorithm
 
 from auth import service as auth_service
 from picool.kernel import Kernel
-from picool.tokens import ALL_AUDIENCES, TokenError
+from picool.redis import create_redis
+from picool.testing import wait_for
+from picool.tokens import ALL_AUDIENCES, Denylist, TokenError, TokenVerifier
 from tests.conftest import Accounts, Actor
 
 ME = "/api/v1/auth/me"
@@ -246,3 +249,41 @@ async def test_jwks_publishes_public_parts_only(client: httpx.AsyncClient) -> No
     for key in resp.json()["keys"]:
         assert key["kty"] == "EC" and key["crv"] == "P-256" and key["alg"] == "ES256" and key["use"] == "sig"
         assert "d" not in key
+
+
+async def _refused(kernel: Kernel, token: str) -> bool:
+    try:
+        await kernel.verifier.verify(token)
+    except TokenError:
+        return True
+    return False
+
+
+async def test_a_revocation_in_another_process_reaches_this_one(
+    client: httpx.AsyncClient, accounts: Accounts, kernel: Kernel
+) -> None:
+    # The verifier remembers tokens that passed and "not revoked" answers; a revocation made by another
+    # process (its own Redis client and denylist) must still reach this one, through the notices.
+    runner = await accounts.runner()
+    ident = await kernel.verifier.verify(runner.access_token)
+    assert await _status(client, runner.access_token) == 200
+    other_redis = create_redis(kernel.settings)
+    try:
+        await Denylist(other_redis).deny("jti", ident.jti, 60)
+        await wait_for(lambda: _refused(kernel, runner.access_token), timeout_s=2)
+    finally:
+        await other_redis.aclose()
+    assert await _status(client, runner.access_token) == 401
+
+
+async def test_a_remembered_token_still_expires(accounts: Accounts, kernel: Kernel) -> None:
+    runner = await accounts.runner()
+    keys = auth_service.services_of(kernel).keys
+    verifier = TokenVerifier(kernel.settings.token_issuer, ALL_AUDIENCES, keys.jwks_now, None, leeway_s=0)
+    token = await _sign_ours(kernel, _claims(runner, kernel, exp=int(time.time()) + 1))
+    assert (await verifier.verify(token)).user_id == runner.user_id
+    assert (await verifier.verify(token)).user_id == runner.user_id  # the remembered identity
+    await asyncio.sleep(max(0.0, (await verifier.verify(token)).expires_at - time.time()) + 0.05)
+    with pytest.raises(TokenError) as err:
+        await verifier.verify(token)
+    assert err.value.reason == "expired"
