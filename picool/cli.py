@@ -156,6 +156,7 @@ def _banner(settings: Settings, stack: EmbeddedStack, t0: float) -> None:
 
 def _serve(settings: Settings, banner: Callable[[], None] | None = None, subsystems: list[str] | None = None) -> int:
     import uvicorn
+    import uvloop
 
     from gateway.app import create_app
 
@@ -186,7 +187,9 @@ def _serve(settings: Settings, banner: Callable[[], None] | None = None, subsyst
         finally:
             task.cancel()
 
-    asyncio.run(run())
+    # uvicorn.Config(loop="uvloop") only applies when uvicorn runs the loop itself; we run it, so pick uvloop
+    # here (the plain asyncio loop costs the app about a third of its throughput).
+    uvloop.run(run())
     return 0 if server.started else 3
 
 
