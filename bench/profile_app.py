@@ -1,0 +1,112 @@
+"""Profile the app under one scenario's load with py-spy (sampling, no change to the app) and print where
+its time goes: inclusive share per function, and the hottest self-time frames.
+
+    uv run python bench/profile_app.py ping-token        # GET /api/v1/ping with a bearer token
+    uv run python bench/profile_app.py ping              # the ceiling endpoint
+    uv run python bench/profile_app.py nearby [TASKS]    # nearby search (default 100000 tasks)
+    uv run python bench/profile_app.py wallet            # wallet read, local-cache hit
+
+py-spy is not a project dependency: this runs it with ``uvx --from py-spy py-spy`` (PyPI), as root or with
+ptrace allowed. The collapsed stacks are kept in ``bench/out/profile-<what>.txt``.
+"""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+import threading
+
+from harness import accounts, load
+from harness.results import OUT
+from harness.servers import App, embedded_servers, install_signal_handlers
+
+PYSPY = ["uvx", "--from", "py-spy", "py-spy"]
+
+
+def summarize(raw_path: str, top: int = 40) -> str:
+    """Inclusive and self shares per frame from py-spy's collapsed (``raw``) output."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    self_t: collections.Counter[str] = collections.Counter()
+    total = 0
+    with open(raw_path) as f:
+        for line in f:
+            stack, _, n = line.rstrip("\n").rpartition(" ")
+            if not stack:
+                continue
+            count = int(n)
+            total += count
+            frames = stack.split(";")
+            for fr in set(frames):
+                inclusive[_short(fr)] += count
+            self_t[_short(frames[-1])] += count
+    out = [f"{total} samples", "", "inclusive:"]
+    out += [f"  {100 * c / total:5.1f}%  {name}" for name, c in inclusive.most_common(top)]
+    out += ["", "self:"]
+    out += [f"  {100 * c / total:5.1f}%  {name}" for name, c in self_t.most_common(top)]
+    return "\n".join(out)
+
+
+def _short(frame: str) -> str:
+    # "func (path/to/module.py:123)" -> "func (module.py)"
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    parts = path.split("/")
+    tail = "/".join(parts[-2:]) if len(parts) >= 2 else path
+    return f"{name} ({tail})"
+
+
+def main() -> int:
+    install_signal_handlers()
+    what = sys.argv[1] if len(sys.argv) > 1 else "ping-token"
+    seconds = 12.0
+    with embedded_servers() as servers, App(servers) as app:
+        if what == "ping":
+            reqs = [load.get("/api/v1/ping")]
+        elif what == "ping-token":
+            runner = accounts.runners(app.base_url, 1)[0]
+            reqs = [load.get("/api/v1/ping", runner.bearer)]
+        elif what == "nearby":
+            import nearby
+
+            n = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
+            nearby.seed(servers, n)
+            runner = accounts.runners(app.base_url, 1)[0]
+            reqs = nearby.requests(runner.bearer, 20_000, hot=100)
+            load.run("warm", app.port, reqs, concurrency=64, duration_s=5, warmup_s=0.5)
+        elif what == "wallet":
+            import wallet
+
+            setup = wallet.setup(servers, app, users=64, coupons_each=10)
+            reqs = wallet.requests(setup.tokens[:64])
+        else:
+            raise SystemExit(f"unknown scenario {what!r}")
+        OUT.mkdir(parents=True, exist_ok=True)
+        raw = str(OUT / f"profile-{what}.txt")
+        spy = subprocess.Popen(
+            [*PYSPY, "record", "--pid", str(app.pid), "--duration", str(int(seconds - 2)), "--rate", "250",
+             "--format", "raw", "--output", raw, "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        result: list[load.LoadResult] = []
+        t = threading.Thread(
+            target=lambda: result.append(load.run(what, app.port, reqs, concurrency=64, duration_s=seconds, warmup_s=1))
+        )
+        t.start()
+        try:
+            _out, err = spy.communicate(timeout=seconds + 60)
+        finally:
+            if spy.poll() is None:
+                spy.kill()
+            t.join(timeout=seconds + 30)
+        if spy.returncode != 0:
+            print(err.decode(errors="replace"))
+            return 1
+        if result:
+            print(result[0].line())
+        print(summarize(raw))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
