@@ -12,8 +12,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy import func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -220,6 +221,28 @@ def _premade_values(c: PremadeCoupon, template: TemplateRecord, code: str, now: 
     }
 
 
+_INSERT_PREMADE = text(
+    """
+    WITH ins AS (
+        INSERT INTO user_coupons (user_id, id, code, template_id, merchant_id, status, source_kind, source_ref,
+                                  received_at, valid_from, valid_to, used_at, redeemed_by_merchant, updated_at)
+        SELECT u, i, c, t, m, 'unused', k, r, ra, vf, vt, NULL, NULL, :now
+        FROM unnest(CAST(:u AS bigint[]), CAST(:i AS bigint[]), CAST(:c AS text[]), CAST(:t AS bigint[]),
+                    CAST(:m AS bigint[]), CAST(:k AS text[]), CAST(:r AS text[]), CAST(:ra AS timestamptz[]),
+                    CAST(:vf AS timestamptz[]), CAST(:vt AS timestamptz[])) AS x(u, i, c, t, m, k, r, ra, vf, vt)
+        ON CONFLICT DO NOTHING
+        RETURNING id, user_id, template_id, source_kind, source_ref
+    ), audit AS (
+        INSERT INTO coupon_audit (coupon_id, user_id, template_id, actor, at, from_status, to_status, reason)
+        SELECT id, user_id, template_id, :actor, :now, NULL, 'unused',
+               left('issued (' || source_kind || ' ' || source_ref || ')', 200)
+        FROM ins
+    )
+    SELECT id FROM ins
+    """
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Issued:
     """A coupon :func:`issue_premade` wrote."""
@@ -256,10 +279,22 @@ async def issue_premade(
     if not unique:
         return []
     table = _coupons.USER_COUPONS
-    # Only the ids come back: building full records for a batch would cost more than the insert.
-    stmt = pg_insert(table).on_conflict_do_nothing().returning(table.c.id)
-    rows = [_premade_values(c, templates[c.template_id], c.code, now) for c in unique.values()]
-    done = {r.id for r in (await session.execute(stmt, rows)).all()}
+    # One statement writes the coupons and their audit rows: arrays in, ``unnest`` out, the insert's
+    # RETURNING (only the rows really inserted) feeding the audit insert. Encoding arrays is native to
+    # asyncpg, so a batch costs one round trip and little Python, whatever its size.
+    cols: dict[str, list[Any]] = {k: [] for k in ("u", "i", "c", "t", "m", "k", "r", "ra", "vf", "vt")}
+    for c in unique.values():
+        template = templates[c.template_id]
+        valid_from, valid_to = coupon_domain.validity_window(template.parsed_validity(), c.received_at)
+        for name, value in zip(
+            cols,
+            (c.user_id, c.coupon_id, c.code, template.id, template.merchant_id, c.source_kind, c.source_ref,
+             c.received_at, valid_from, valid_to),
+            strict=True,
+        ):  # fmt: skip
+            cols[name].append(value)
+    rows = await session.execute(_INSERT_PREMADE, {**cols, "now": now, "actor": actor.label[:64]})
+    done = {r.id for r in rows}
     left = [c for cid, c in unique.items() if cid not in done]
     if left:
         # Either stored before (a redelivery: fine) or, about once in 2**65, a code someone else holds.
@@ -284,10 +319,19 @@ async def issue_premade(
                         pg_insert(table)
                         .values(**_premade_values(c, templates[c.template_id], code, now))
                         .on_conflict_do_nothing()
-                        .returning(table.c.id)
+                        .returning(*_coupons.columns(table))
                     )
                 ).first()
                 if row is not None:
+                    await _coupons.audit(
+                        session,
+                        [_coupons.to_record(row)],
+                        actor=actor,
+                        from_status=None,
+                        to_status=coupon_domain.CouponStatus.UNUSED.value,
+                        reason=f"issued ({c.source_kind} {c.source_ref}; code replaced after a collision)",
+                        at=now,
+                    )
                     done.add(c.coupon_id)
                     break
     issued = [Issued(cid, unique[cid].user_id, unique[cid].template_id) for cid in done]
@@ -299,23 +343,5 @@ async def issue_premade(
             update(models.CouponTemplate)
             .where(models.CouponTemplate.id == template_id)
             .values(assigned=models.CouponTemplate.assigned + per_template[template_id])
-        )
-    if issued:
-        label = actor.label[:64]
-        await session.execute(
-            insert(models.CouponAudit),
-            [
-                {
-                    "coupon_id": i.coupon_id,
-                    "user_id": i.user_id,
-                    "template_id": i.template_id,
-                    "actor": label,
-                    "at": now,
-                    "from_status": None,
-                    "to_status": coupon_domain.CouponStatus.UNUSED.value,
-                    "reason": f"issued ({unique[i.coupon_id].source_kind} {unique[i.coupon_id].source_ref})"[:200],
-                }
-                for i in issued
-            ],
         )
     return issued

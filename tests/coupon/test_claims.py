@@ -362,6 +362,40 @@ async def test_consumer_is_idempotent_on_the_coupon_id(
     await kernel.quiesce()
     assert await pg_count(kernel, template["id"]) == 1
     assert await assigned(kernel, template["id"]) == 1
+    async with kernel.sessionmaker() as db:
+        trail = (
+            await db.execute(select(models.CouponAudit).where(models.CouponAudit.coupon_id == record.coupon_id))
+        ).scalars()
+        rows = [(a.actor, a.from_status, a.to_status, a.reason) for a in trail]
+    assert rows == [("system:claims", None, "unused", f"issued (claim {template['id']})")]
+
+
+async def test_a_colliding_code_gets_a_fresh_one_rather_than_losing_the_coupon(
+    client: httpx.AsyncClient, accounts: Any, make_template: MakeTemplate, kernel: Kernel
+) -> None:
+    merchant, runner = await accounts.merchant(), await accounts.runner()
+    template = await make_template(merchant, total_count=10, per_user_limit=5)
+    first = (await client.post(claim_path(template["id"]), headers=runner.headers)).json()
+    await persisted(kernel, template["id"], 1)
+    twin_id, _ = coupon_service.new_identifiers(kernel.ids, int(runner.user_id))
+    twin = coupon_service.PremadeCoupon(
+        coupon_id=twin_id, user_id=int(runner.user_id), code=first["code"], template_id=int(template["id"]),
+        source_kind="claim", source_ref=template["id"], received_at=datetime.now(UTC),
+    )  # fmt: skip
+    assert await coupon_service.persist_claims(kernel, [twin]) == 1
+    async with kernel.sessionmaker() as db:
+        codes = dict(
+            (
+                await db.execute(
+                    select(models.UserCoupon.id, models.UserCoupon.code).where(
+                        models.UserCoupon.template_id == int(template["id"])
+                    )
+                )
+            ).all()
+        )
+    assert set(codes) == {int(first["id"]), twin_id}
+    assert codes[twin_id] != first["code"] and codes[int(first["id"])] == first["code"]
+    assert await assigned(kernel, template["id"]) == 2
 
 
 async def test_lost_pool_is_rebuilt_from_postgres(
