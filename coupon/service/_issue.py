@@ -10,13 +10,13 @@ the counter back, so nothing is counted twice.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from coupon import codes as coupon_codes
 from coupon import domain as coupon_domain
@@ -201,26 +201,6 @@ class PremadeCoupon:
     received_at: datetime
 
 
-def _premade_values(c: PremadeCoupon, template: TemplateRecord, code: str, now: datetime) -> dict[str, object]:
-    valid_from, valid_to = coupon_domain.validity_window(template.parsed_validity(), c.received_at)
-    return {
-        "user_id": c.user_id,
-        "id": c.coupon_id,
-        "code": code,
-        "template_id": template.id,
-        "merchant_id": template.merchant_id,
-        "status": coupon_domain.CouponStatus.UNUSED.value,
-        "source_kind": c.source_kind,
-        "source_ref": c.source_ref,
-        "received_at": c.received_at,
-        "valid_from": valid_from,
-        "valid_to": valid_to,
-        "used_at": None,
-        "redeemed_by_merchant": None,
-        "updated_at": now,
-    }
-
-
 _INSERT_PREMADE = text(
     """
     WITH ins AS (
@@ -237,6 +217,10 @@ _INSERT_PREMADE = text(
         SELECT id, user_id, template_id, :actor, :now, NULL, 'unused',
                left('issued (' || source_kind || ' ' || source_ref || ')', 200)
         FROM ins
+    ), counted AS (
+        UPDATE coupon_templates SET assigned = coupon_templates.assigned + n.n
+        FROM (SELECT template_id, count(*) AS n FROM ins GROUP BY template_id) AS n
+        WHERE coupon_templates.id = n.template_id
     )
     SELECT id FROM ins
     """
@@ -253,20 +237,23 @@ class Issued:
 
 
 async def issue_premade(
-    session: AsyncSession,
+    conn: AsyncConnection | AsyncSession,
     templates: dict[int, TemplateRecord],
     coupons: list[PremadeCoupon],
     *,
     actor: Actor,
     now: datetime,
 ) -> list[Issued]:
-    """Write a batch of pre-decided coupons in the caller's transaction; returns those newly written.
+    """Write a batch of pre-decided coupons; returns those newly written.
 
-    Idempotent on the coupon id: a coupon already stored is skipped and counted once. ``assigned`` goes
-    up once per template per batch (``+ n``, in template order so concurrent batches cannot deadlock)
-    rather than once per coupon: the template row is the hot spot of a flash sale. The stock was
-    decided before (Redis), so nothing here refuses for stock or per-user limit; the table's CHECK
-    (``assigned <= total_count``) still fails the whole batch if the two ever disagreed.
+    One statement does it all, so it is atomic even outside a transaction (the claim consumer runs it
+    in autocommit: no BEGIN/COMMIT round trips): the coupons (arrays in, ``unnest`` out, ``ON CONFLICT
+    DO NOTHING``), an audit row for each coupon really inserted, and ``assigned += n`` once per template
+    rather than once per coupon (the template row is the hot spot of a flash sale). Idempotent on the
+    coupon id: a coupon already stored is skipped and counted once. The stock was decided before
+    (Redis), so nothing here refuses for stock or per-user limit; the table's CHECK (``assigned <=
+    total_count``) fails the whole statement if the two ever disagreed. Two batches of the same *two*
+    templates can deadlock on the template rows; PostgreSQL then fails one and the consumer retries it.
     Every coupon must carry its user's shard (``ValueError`` otherwise) and name a template in ``templates``.
     """
     for c in coupons:
@@ -278,30 +265,15 @@ async def issue_premade(
     unique = {c.coupon_id: c for c in coupons}
     if not unique:
         return []
-    table = _coupons.USER_COUPONS
-    # One statement writes the coupons and their audit rows: arrays in, ``unnest`` out, the insert's
-    # RETURNING (only the rows really inserted) feeding the audit insert. Encoding arrays is native to
-    # asyncpg, so a batch costs one round trip and little Python, whatever its size.
-    cols: dict[str, list[Any]] = {k: [] for k in ("u", "i", "c", "t", "m", "k", "r", "ra", "vf", "vt")}
-    for c in unique.values():
-        template = templates[c.template_id]
-        valid_from, valid_to = coupon_domain.validity_window(template.parsed_validity(), c.received_at)
-        for name, value in zip(
-            cols,
-            (c.user_id, c.coupon_id, c.code, template.id, template.merchant_id, c.source_kind, c.source_ref,
-             c.received_at, valid_from, valid_to),
-            strict=True,
-        ):  # fmt: skip
-            cols[name].append(value)
-    rows = await session.execute(_INSERT_PREMADE, {**cols, "now": now, "actor": actor.label[:64]})
-    done = {r.id for r in rows}
+    done = await _insert_premade(conn, templates, list(unique.values()), actor=actor, now=now)
     left = [c for cid, c in unique.items() if cid not in done]
     if left:
         # Either stored before (a redelivery: fine) or, about once in 2**65, a code someone else holds.
+        table = _coupons.USER_COUPONS
         present = {
             row.id
             for row in (
-                await session.execute(
+                await conn.execute(
                     select(table.c.id).where(
                         tuple_(table.c.user_id, table.c.id).in_([(c.user_id, c.coupon_id) for c in left])
                     )
@@ -313,35 +285,31 @@ async def issue_premade(
                 continue
             # The runner was shown a code that collides: give the coupon a fresh one rather than lose it.
             for _attempt in range(3):
-                code = coupon_codes.new_code(models.shard_of_user(c.user_id))
-                row = (
-                    await session.execute(
-                        pg_insert(table)
-                        .values(**_premade_values(c, templates[c.template_id], code, now))
-                        .on_conflict_do_nothing()
-                        .returning(*_coupons.columns(table))
-                    )
-                ).first()
-                if row is not None:
-                    await _coupons.audit(
-                        session,
-                        [_coupons.to_record(row)],
-                        actor=actor,
-                        from_status=None,
-                        to_status=coupon_domain.CouponStatus.UNUSED.value,
-                        reason=f"issued ({c.source_kind} {c.source_ref}; code replaced after a collision)",
-                        at=now,
-                    )
+                fresh = replace(c, code=coupon_codes.new_code(models.shard_of_user(c.user_id)))
+                if await _insert_premade(conn, templates, [fresh], actor=actor, now=now):
                     done.add(c.coupon_id)
                     break
-    issued = [Issued(cid, unique[cid].user_id, unique[cid].template_id) for cid in done]
-    per_template: dict[int, int] = {}
-    for i in issued:
-        per_template[i.template_id] = per_template.get(i.template_id, 0) + 1
-    for template_id in sorted(per_template):
-        await session.execute(
-            update(models.CouponTemplate)
-            .where(models.CouponTemplate.id == template_id)
-            .values(assigned=models.CouponTemplate.assigned + per_template[template_id])
-        )
-    return issued
+    return [Issued(cid, unique[cid].user_id, unique[cid].template_id) for cid in done]
+
+
+async def _insert_premade(
+    conn: AsyncConnection | AsyncSession,
+    templates: dict[int, TemplateRecord],
+    coupons: list[PremadeCoupon],
+    *,
+    actor: Actor,
+    now: datetime,
+) -> set[int]:
+    cols: dict[str, list[Any]] = {k: [] for k in ("u", "i", "c", "t", "m", "k", "r", "ra", "vf", "vt")}
+    for c in coupons:
+        template = templates[c.template_id]
+        valid_from, valid_to = coupon_domain.validity_window(template.parsed_validity(), c.received_at)
+        for name, value in zip(
+            cols,
+            (c.user_id, c.coupon_id, c.code, template.id, template.merchant_id, c.source_kind, c.source_ref,
+             c.received_at, valid_from, valid_to),
+            strict=True,
+        ):  # fmt: skip
+            cols[name].append(value)
+    rows = await conn.execute(_INSERT_PREMADE, {**cols, "now": now, "actor": actor.label[:64]})
+    return {r.id for r in rows}

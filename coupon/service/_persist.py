@@ -13,6 +13,7 @@ have refused it. If Kafka is unreachable it writes them itself, through the same
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -73,10 +74,14 @@ def from_record(template_id: int, record: coupon_store.ClaimRecord) -> PremadeCo
     )
 
 
-async def persist_claims(kernel: Kernel, claims: Sequence[PremadeCoupon]) -> int:
-    """Write accepted claims in one transaction, then clear them from the pending sets and invalidate
-    the wallets; returns how many coupons were new. Claims that can never be written (unknown template,
-    wrong shard) are logged and left pending, where they stay visible."""
+async def persist_claims(kernel: Kernel, claims: Sequence[PremadeCoupon], *, tidy_later: bool = False) -> int:
+    """Write accepted claims in one statement, then clear them from the pending sets and invalidate the
+    wallets; returns how many coupons were new. Claims that can never be written (unknown template,
+    wrong shard) are logged and left pending, where they stay visible.
+
+    With ``tidy_later`` the clearing and invalidating run in the background: the claim consumer takes
+    its next batch without waiting for them (a process that dies first leaves them pending, and the
+    reconciler clears them once it sees the rows)."""
     templates: dict[int, TemplateRecord] = {}
     for template_id in {c.template_id for c in claims}:
         template = await get_template(kernel, template_id)
@@ -97,15 +102,37 @@ async def persist_claims(kernel: Kernel, claims: Sequence[PremadeCoupon]) -> int
     if not good:
         return 0
     now = datetime.now(UTC)
-    async with kernel.sessionmaker() as session, session.begin():
-        inserted = await issue_premade(session, templates, good, actor=system_actor("claims"), now=now)
+    # Autocommit: the batch is one statement, atomic by itself (see issue_premade); no BEGIN/COMMIT.
+    async with kernel.engine.connect() as conn:
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        inserted = await issue_premade(auto, templates, good, actor=system_actor("claims"), now=now)
     done: dict[int, list[int]] = {}
     for c in good:
         done.setdefault(c.template_id, []).append(c.coupon_id)
-    await _pools.claim_store(kernel).ack(done)
-    if inserted:
-        await invalidate_new_coupons(kernel, [r.user_id for r in inserted])
+    users = [r.user_id for r in inserted]
+    if tidy_later:
+        task = asyncio.create_task(_tidy_quietly(kernel, done, users), name="coupon-claims-tidy")
+        _TIDYING.add(task)
+        task.add_done_callback(_TIDYING.discard)
+    else:
+        await _tidy(kernel, done, users)
     return len(inserted)
+
+
+_TIDYING: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
+
+
+async def _tidy(kernel: Kernel, done: dict[int, list[int]], users: list[int]) -> None:
+    await _pools.claim_store(kernel).ack(done)
+    if users:
+        await invalidate_new_coupons(kernel, users)
+
+
+async def _tidy_quietly(kernel: Kernel, done: dict[int, list[int]], users: list[int]) -> None:
+    try:
+        await _tidy(kernel, done, users)
+    except Exception:
+        log.warning("could not clear %d persisted claims from pending; the reconciler will", len(users), exc_info=True)
 
 
 def _check(c: PremadeCoupon) -> None:
@@ -138,7 +165,7 @@ async def handle_claims(kernel: Kernel, messages: Sequence[Message]) -> int:
         claims.append(claim)
     if not claims:
         return 0
-    return await persist_claims(kernel, claims)
+    return await persist_claims(kernel, claims, tidy_later=True)
 
 
 async def stored_ids(kernel: Kernel, pairs: Sequence[tuple[int, int]]) -> set[int]:

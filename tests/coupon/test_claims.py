@@ -56,10 +56,16 @@ async def assigned(kernel: Kernel, template_id: str | int) -> int:
 
 
 async def persisted(kernel: Kernel, template_id: str | int, n: int, timeout_s: float = 15.0) -> None:
-    """Wait until PostgreSQL holds ``n`` coupons of the template and its counter says so."""
+    """Wait until PostgreSQL holds ``n`` coupons of the template, its counter says so, and the pool has
+    nothing pending (the consumer clears pending entries just after it wrote them)."""
+    store = coupon_service.claim_store(kernel)
 
     async def done() -> bool:
-        return await pg_count(kernel, template_id) == n and await assigned(kernel, template_id) == n
+        return (
+            await pg_count(kernel, template_id) == n
+            and await assigned(kernel, template_id) == n
+            and await store.pending_count(int(template_id)) == 0
+        )
 
     await wait_for(done, timeout_s)
 
