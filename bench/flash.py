@@ -1,0 +1,420 @@
+"""The flash sale at full speed: claims/s and latency at 64 and 256 clients against the same run's ceiling,
+persistence lag (201 → row in PostgreSQL), and the invariants after the run.
+
+- the load generator's own ceiling against a canned server (so the app, not the generator, is measured);
+- embedded PostgreSQL/Redis/Kafka (tuning ``dev``, as ``picool dev``) and the app started exactly as
+  ``picool serve`` starts it (one uvicorn worker, uvloop, httptools), workers on: the claim consumer
+  and the reconciler run in the same process as the HTTP server, as they would in production;
+- one platform template, one open flash session with a stock that does not run out, 2,000 runners
+  (access tokens minted with the app's signing key); claim rate limits on but far above the load, so
+  their Redis round trip is paid as in production;
+- per concurrency (64, 256): ``GET /api/v1/ping`` with the same bearer tokens (the edge does the same
+  work: token, rate limits, metrics) — the ceiling — then ``POST /flash-sessions/{id}/claims``;
+- a probe claims 25 times a second alongside the load and polls PostgreSQL for each coupon it got: the
+  time from its 201 to the row being visible (also, for every claim of the run, the time from the claim
+  to the consumer writing it, from the rows themselves);
+- afterwards: every claim Redis accepted is in PostgreSQL once (ledger = rows = counter, nothing
+  pending), every probe 201 is a row, every load response was 201, no oversell, nobody over the limit.
+
+    uv run python bench/flash.py [--seconds N]      # default 8 s per phase; ~2 minutes in all
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import httpx
+import psutil
+from harness import accounts, load
+from harness.results import Results, http_row
+from harness.runs import PING, all_ok
+from harness.servers import App, Sampler, Servers, embedded_servers, install_signal_handlers
+
+RUNNERS = 2000
+PER_USER_LIMIT = 10_000_000
+STOCK = 3_000_000
+PROBE_PER_S = 25
+CONCURRENCY = (64, 256)
+WARMUP_S = 1.5
+# On and far above the load: their pipelined Redis round trip is part of every claim, as in production.
+CLAIM_LIMITS = {"PICOOL_CLAIM_RATE_IP": "1000000000/60", "PICOOL_CLAIM_RATE_USER": "1000000000/60"}
+OPERATOR_PASSWORD = "bench-password-0123456789"
+
+
+@dataclass
+class Seeded:
+    """What the run claims from."""
+
+    template_id: int
+    session_id: int
+    tokens: list[str]
+    probe_tokens: list[str]
+    probe_users: list[int]
+
+
+async def _seed(servers: Servers, app: App) -> Seeded:
+    from auth import service as auth_service
+    from picool.kernel import Kernel
+
+    settings = servers.settings()
+    kernel = Kernel(settings)
+    await kernel.start_minimal()
+    auth_service.bind_id_source(kernel.engine, kernel.ids.next_id)
+    try:
+        async with kernel.sessionmaker() as s, s.begin():
+            await auth_service.create_operator(s, "flash-op@bench.picool.dev", OPERATOR_PASSWORD)
+    finally:
+        await kernel.close_minimal()
+    async with httpx.AsyncClient(base_url=app.base_url, timeout=30) as http:
+        login = await http.post(
+            "/api/v1/auth/login",
+            json={"email": "flash-op@bench.picool.dev", "password": OPERATOR_PASSWORD, "client_id": "merchant-portal"},
+        )
+        login.raise_for_status()
+        op = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        template = await http.post(
+            "/api/v1/coupon/templates",
+            headers=op,
+            json={
+                "name": "天天神券 bench",
+                "rule": {"type": "direct", "amount_cents": 500},
+                "validity": {"kind": "relative", "days": 7},
+                "total_count": STOCK,
+                "per_user_limit": PER_USER_LIMIT,
+                "distribution": "claim",
+            },
+        )
+        template.raise_for_status()
+        now = datetime.now(UTC)
+        session = await http.post(
+            "/api/v1/coupon/flash-sessions",
+            headers=op,
+            json={
+                "template_id": template.json()["id"],
+                "starts_at": (now - timedelta(minutes=1)).isoformat(),
+                "ends_at": (now + timedelta(hours=2)).isoformat(),
+                "stock": STOCK,
+            },
+        )
+        session.raise_for_status()
+    users = list(range(10**15, 10**15 + RUNNERS))
+    probe_users = list(range(2 * 10**15, 2 * 10**15 + 50))
+    tokens = await asyncio.to_thread(accounts.mint_tokens, settings, users)
+    probe_tokens = await asyncio.to_thread(accounts.mint_tokens, settings, probe_users)
+    return Seeded(int(template.json()["id"]), int(session.json()["id"]), tokens, probe_tokens, probe_users)
+
+
+# -- the persistence probe ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Probe:
+    """Claims at a steady trickle during a phase and times each coupon's arrival in PostgreSQL."""
+
+    base_url: str
+    path: str
+    tokens: list[str]
+    dsn: str
+    lags: list[float] = field(default_factory=list)
+    answered: list[int] = field(default_factory=list)
+    unseen: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="probe", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    async def _main(self) -> None:
+        outstanding: dict[tuple[int, int], float] = {}
+        conn = await asyncpg.connect(self.dsn)
+        done = asyncio.Event()
+
+        async def claims() -> None:
+            async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as http:
+                i = 0
+                while not self._stop.is_set():
+                    t0 = time.monotonic()
+                    token = self.tokens[i % len(self.tokens)]
+                    i += 1
+                    try:
+                        resp = await http.post(self.path, headers={"Authorization": f"Bearer {token}"})
+                    except httpx.HTTPError:
+                        continue
+                    if resp.status_code == 201:
+                        body = resp.json()
+                        outstanding[(int(body["user_id"]), int(body["id"]))] = time.monotonic()
+                        self.answered.append(int(body["id"]))
+                    await asyncio.sleep(max(0.0, 1 / PROBE_PER_S - (time.monotonic() - t0)))
+            done.set()
+
+        async def poll() -> None:
+            deadline: float | None = None
+            while True:
+                if outstanding:
+                    keys = list(outstanding)
+                    rows = await conn.fetch(
+                        "SELECT c.id FROM user_coupons c JOIN unnest($1::bigint[], $2::bigint[]) AS t(u, i) "
+                        "ON c.user_id = t.u AND c.id = t.i",
+                        [k[0] for k in keys],
+                        [k[1] for k in keys],
+                    )
+                    now = time.monotonic()
+                    seen = {r["id"] for r in rows}
+                    for k in keys:
+                        if k[1] in seen:
+                            self.lags.append(now - outstanding.pop(k))
+                if done.is_set():
+                    deadline = deadline or time.monotonic() + 15
+                    if not outstanding or time.monotonic() > deadline:
+                        self.unseen += len(outstanding)
+                        return
+                await asyncio.sleep(0.02)
+
+        try:
+            await asyncio.gather(claims(), poll())
+        finally:
+            await conn.close()
+
+
+class AppCpu:
+    """The app process's CPU time, sampled in a thread, so a run's CPU per request can be read off its
+    measured window: unlike throughput, that figure does not depend on what else the machine is doing."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="app-cpu", daemon=True)
+
+    def _cpu(self) -> float:
+        t = self.proc.cpu_times()
+        return float(t.user + t.system)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), self._cpu()))
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> AppCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def cores(self, start: float, end: float) -> float:
+        """Average cores the app used between two monotonic times."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return float("nan")
+        (t0, c0), (t1, c1) = inside[0], inside[-1]
+        return (c1 - c0) / (t1 - t0) if t1 > t0 else float("nan")
+
+
+def _measured(c: int, seconds: float, warmup: float, started: float) -> tuple[float, float]:
+    # harness.load.run_many starts its clients 0.5 s + 20 ms per connection after it is called, then
+    # counts only requests begun after the warm-up: that is the window the CPU is read over.
+    begin = started + 0.5 + 0.02 * c + warmup
+    return begin, begin + seconds
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    data = sorted(values)
+    return data[min(len(data) - 1, max(0, round(p / 100 * len(data) + 0.5) - 1))]
+
+
+# -- invariants --------------------------------------------------------------------------------------------
+
+
+async def _settle_and_check(res: Results, servers: Servers, seeded: Seeded, probe_ids: list[int]) -> None:
+    from redis.asyncio import Redis
+
+    from coupon.store import PoolKeys
+
+    keys = PoolKeys(seeded.template_id)
+    redis = Redis.from_url(servers.redis_url)
+    conn = await asyncpg.connect(servers.plain_database_url)
+    try:
+        t0 = time.monotonic()
+        while await redis.zcard(keys.pending) and time.monotonic() - t0 < 60:
+            await asyncio.sleep(0.2)
+        pending = int(await redis.zcard(keys.pending))
+        res.check("every accepted claim persisted (nothing pending)", pending == 0,
+                  f"{pending} pending after {time.monotonic() - t0:.1f}s")  # fmt: skip
+        ledger = int(await redis.hlen(keys.claims))
+        remaining = int(await redis.hget(keys.session(seeded.session_id), "stock") or -1)
+        row = await conn.fetchrow(
+            "SELECT count(*) AS n, count(DISTINCT id) AS ids, count(DISTINCT code) AS codes "
+            "FROM user_coupons WHERE template_id = $1",
+            seeded.template_id,
+        )
+        top = await conn.fetchval(
+            "SELECT max(n) FROM (SELECT count(*) AS n FROM user_coupons WHERE template_id = $1 GROUP BY user_id) u",
+            seeded.template_id,
+        )
+        probe_rows = await conn.fetchval(
+            "SELECT count(*) FROM user_coupons WHERE template_id = $1 AND id = ANY($2::bigint[])",
+            seeded.template_id,
+            probe_ids,
+        )
+        assigned = await conn.fetchval("SELECT assigned FROM coupon_templates WHERE id = $1", seeded.template_id)
+        lag_rows = await conn.fetch(
+            "SELECT extract(epoch FROM updated_at - received_at) AS lag FROM user_coupons WHERE template_id = $1",
+            seeded.template_id,
+        )
+    finally:
+        await conn.close()
+        await redis.aclose()
+    n = int(row["n"])
+    res.check("no oversell: stock left + accepted = stock", remaining >= 0 and remaining + ledger == STOCK,
+              f"left {remaining}, accepted {ledger}, stock {STOCK}")  # fmt: skip
+    res.check("Redis ledger = PostgreSQL rows = counter", ledger == n == assigned,
+              f"ledger {ledger}, rows {n}, assigned {assigned}")  # fmt: skip
+    res.check("no duplicate coupon (ids and codes unique)", row["ids"] == row["codes"] == n)
+    res.check("nothing lost: every probe 201 is a row", probe_rows == len(probe_ids) > 0,
+              f"{probe_rows} of {len(probe_ids)} probe coupons")  # fmt: skip
+    res.check("nobody over the per-user limit", (top or 0) <= PER_USER_LIMIT, f"max {top} per runner")
+    lags = [float(r["lag"]) for r in lag_rows]
+    if lags:
+        res.row("claim accepted → written by the consumer (every row)", kind="lag", requests=len(lags),
+                p50_ms=round(_pct(lags, 50) * 1000, 1), p99_ms=round(_pct(lags, 99) * 1000, 1),
+                max_ms=round(max(lags) * 1000, 1))  # fmt: skip
+
+
+# -- the run -----------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per phase")
+    args = parser.parse_args()
+    seconds = max(2.0, min(args.seconds, 30.0))
+    install_signal_handlers()
+    res = Results("flash")
+    res.extra["command"] = f"uv run python bench/flash.py --seconds {seconds:g}"
+    print("flash: the load generator's own ceiling ...", flush=True)
+    for c in CONCURRENCY:
+        gen = load.generator_ceiling(c, 3.0)
+        s = gen.summary()
+        res.row(f"load generator vs canned server c={c}", kind="generator", role="generator", concurrency=c,
+                rps=s["rps"], p50_ms=s["p50_ms"], p99_ms=s["p99_ms"], processes=gen.processes)  # fmt: skip
+        res.extra[f"generator_rps_{c}"] = s["rps"]
+
+    with embedded_servers() as servers, App(servers, name="flash", **CLAIM_LIMITS) as app:
+        seeded = asyncio.run(_seed(servers, app))
+        claim_path = f"/api/v1/coupon/flash-sessions/{seeded.session_id}/claims"
+        pings = [load.get(PING, {"Authorization": f"Bearer {t}"}) for t in seeded.tokens]
+        claims = [load.post(claim_path, b"", {"Authorization": f"Bearer {t}"}) for t in seeded.tokens]
+        load.run("warm-up", app.port, claims[:500], concurrency=32, duration_s=2.0, warmup_s=0.5)  # JIT, pools
+        probe_lags: list[float] = []
+        probe_ids: list[int] = []
+        for c in CONCURRENCY:
+            with Sampler(app.pid) as sampler, AppCpu(app.pid) as cpu:
+                started = time.monotonic()
+                ceiling = load.run(f"ceiling: GET {PING} c={c}", app.port, pings, concurrency=c,
+                                   duration_s=seconds, warmup_s=WARMUP_S)  # fmt: skip
+            ping_ms = cpu.cores(*_measured(c, seconds, WARMUP_S, started)) * 1000 / max(ceiling.rps, 1e-9)
+            http_row(res, f"ceiling: GET {PING} (token) c={c}", ceiling, sampler, role="ceiling",
+                     app_cpu_ms_per_request=round(ping_ms, 3))  # fmt: skip
+            all_ok(res, f"ping c={c}", ceiling)
+            res.extra[f"ceiling_rps_{c}"] = ceiling.rps
+            probe = Probe(app.base_url, claim_path, seeded.probe_tokens, servers.plain_database_url)
+            probe.start()
+            try:
+                with Sampler(app.pid) as sampler, AppCpu(app.pid) as cpu:
+                    started = time.monotonic()
+                    result = load.run(f"claims c={c}", app.port, claims, concurrency=c, duration_s=seconds,
+                                      warmup_s=WARMUP_S)  # fmt: skip
+            finally:
+                probe.stop()
+            claim_ms = cpu.cores(*_measured(c, seconds, WARMUP_S, started)) * 1000 / max(result.rps, 1e-9)
+            row = http_row(res, f"claims c={c}", result, sampler, ceiling_rps=ceiling.rps, role="claims",
+                           app_cpu_ms_per_request=round(claim_ms, 3),
+                           cpu_ratio=round(ping_ms / claim_ms, 3))  # fmt: skip
+            res.note(f"c={c}: app CPU per request: ping {ping_ms:.2f} ms, claim {claim_ms:.2f} ms (consumer "
+                     f"included): on a core of its own, claims at {ping_ms / claim_ms:.0%} of the ping")  # fmt: skip
+            all_ok(res, f"claims c={c}", result, expect=(201,))
+            probe_lags += probe.lags
+            probe_ids += probe.answered
+            res.row(f"probe: 201 → row visible, during c={c}", kind="lag", requests=len(probe.lags),
+                    p50_ms=round(_pct(probe.lags, 50) * 1000, 1), p99_ms=round(_pct(probe.lags, 99) * 1000, 1),
+                    max_ms=round(max(probe.lags, default=0) * 1000, 1), unseen=probe.unseen)  # fmt: skip
+            res.check(f"probe c={c}: every probe coupon reached PostgreSQL", probe.unseen == 0 and bool(probe.lags),
+                      f"{len(probe.lags)} seen, {probe.unseen} not within 15 s")  # fmt: skip
+            if c == 64:
+                res.target("claims >= 50% of the ceiling (c=64)", row["ratio"] >= 0.5, f"x{row['ratio']:.2f}")
+                res.target("claim p99 < 50 ms at 64 clients", result.percentile(99) < 50,
+                           f"p99 {result.percentile(99):.1f} ms")  # fmt: skip
+            else:
+                res.target(f"claims >= 50% of the ceiling (c={c})", row["ratio"] >= 0.5, f"x{row['ratio']:.2f}")
+            gen_rps = res.extra[f"generator_rps_{c}"]
+            res.check(f"generator not the bottleneck at c={c} (its ceiling >= 3x the app's)",
+                      gen_rps >= 3 * ceiling.rps, f"generator {gen_rps:.0f}/s vs app {ceiling.rps:.0f}/s")  # fmt: skip
+        lag_p99 = _pct(probe_lags, 99)
+        res.target("persistence lag p99 < 2 s (201 → row visible)", lag_p99 < 2.0, f"p99 {lag_p99 * 1000:.0f} ms")
+        res.extra["probe_lag_ms"] = {
+            "n": len(probe_lags),
+            "p50": round(_pct(probe_lags, 50) * 1000, 1),
+            "p99": round(lag_p99 * 1000, 1),
+            "mean": round(statistics.fmean(probe_lags) * 1000, 1) if probe_lags else None,
+        }
+        asyncio.run(_settle_and_check(res, servers, seeded, probe_ids))
+        res.check("app logged no errors", app.errors_logged() == 0, f"{app.errors_logged()} ERROR lines")
+        for text in _log_summary(app):
+            res.note(text)
+    _print_table(res)
+    res.save()
+    return 1 if res.failed else 0
+
+
+def _log_summary(app: App) -> list[str]:
+    """The app's warnings and errors, counted by message and exception (what went wrong, if anything)."""
+    counts: Counter[str] = Counter()
+    try:
+        lines = app.log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("level") not in {"warning", "error", "critical"}:
+            continue
+        exc = str(entry.get("exc", "")).strip().splitlines()
+        counts[f"{entry['level']}: {entry.get('msg', '')}" + (f" [{exc[-1][:160]}]" if exc else "")] += 1
+    return [f"app log, {n}x {what}" for what, n in counts.most_common(10)]
+
+
+def _print_table(res: Results) -> None:
+    print("\n| run | clients | req/s | p50 ms | p99 ms | of ceiling |", flush=True)
+    print("|---|---|---|---|---|---|")
+    for r in res.rows:
+        ratio = f"{r['ratio']:.0%}" if r.get("ratio") is not None else ""
+        rps = f"{r['rps']:.0f}" if r.get("rps") is not None else str(r.get("requests", ""))
+        print(f"| {r['name']} | {r.get('concurrency', '')} | {rps} | {r.get('p50_ms', '')} | {r.get('p99_ms', '')} "
+              f"| {ratio} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
