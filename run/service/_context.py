@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -215,6 +215,17 @@ class RunContext:
                 return None if row is None else cached_of(row)
 
         return await self.cache.get(str(task_id), loader)
+
+    async def load_tasks(self, task_ids: Sequence[int]) -> list[schemas.CachedTask | None]:
+        """Many tasks through the two-level cache, in order: one Redis round trip and at most one query for
+        all of them (a search page), not one of each per task."""
+
+        async def loader(keys: list[str]) -> dict[str, schemas.CachedTask | None]:
+            async with self.kernel.sessionmaker() as session:
+                rows = await session.execute(select(models.Task).where(models.Task.id.in_([int(k) for k in keys])))
+                return {str(t.id): cached_of(t) for t in rows.scalars()}
+
+        return await self.cache.get_many([str(i) for i in task_ids], loader)
 
     async def task_changed(self, entries: Iterable[geo.IndexEntry]) -> None:
         """After a commit: bring the nearby index in step and drop the cached copies everywhere."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -148,7 +146,7 @@ class TaskService:
         count = limit * _HEADROOM + 10
         while True:
             found = await self.ctx.index.search(lat, lon, radius_m, count)
-            tasks = await asyncio.gather(*(self.ctx.load_task(i) for i in found.task_ids))
+            tasks = await self.ctx.load_tasks(found.task_ids)
             now = utcnow()
             hits: list[tuple[float, int, schemas.CachedTask]] = []
             for t in tasks:

@@ -119,3 +119,48 @@ async def test_slow_reader_cannot_write_back_a_stale_value(client: httpx.AsyncCl
         return Item("new", 2)
 
     assert await cache.get("k", fresh) == Item("new", 2)
+
+
+async def test_get_many_reads_each_level_once(client: httpx.AsyncClient, kernel: Kernel) -> None:
+    cache = kernel.cache("t.many", Item)
+    asked: list[list[str]] = []
+
+    async def load(keys: list[str]) -> dict[str, Item | None]:
+        asked.append(sorted(keys))
+        return {k: Item(k, int(k[1:])) for k in keys if k != "k404"}
+
+    assert await cache.get("k1", lambda: load_one("k1")) == Item("k1", 1)  # k1 local
+    await cache.get("k2", lambda: load_one("k2"))
+    cache.drop_local("k2")  # k2 in Redis only
+    got = await cache.get_many(["k3", "k1", "k2", "k404", "k3"], load)
+    assert got == [Item("k3", 3), Item("k1", 1), Item("k2", 2), None, Item("k3", 3)]
+    assert asked == [["k3", "k404"]]  # one loader call, only for what neither level had
+    cache.clear_local()
+    assert await cache.get_many(["k404", "k3"], load) == [None, Item("k3", 3)]  # missing cached too
+    assert asked == [["k3", "k404"]]
+
+
+async def load_one(key: str) -> Item:
+    return Item(key, int(key[1:]))
+
+
+async def test_get_many_does_not_write_back_what_changed_meanwhile(client: httpx.AsyncClient, kernel: Kernel) -> None:
+    cache = kernel.cache("t.many-stale", Item)
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(keys: list[str]) -> dict[str, Item | None]:
+        started.set()
+        await release.wait()
+        return {k: Item("old", 1) for k in keys}
+
+    reader = asyncio.create_task(cache.get_many(["a", "b"], slow))
+    await started.wait()
+    # get() of a key being loaded by get_many waits for that load rather than starting another
+    waiter = asyncio.create_task(cache.get("a", lambda: load_one("a9")))
+    await cache.invalidate("b")  # b changed while the batch was loading
+    release.set()
+    assert await reader == [Item("old", 1), Item("old", 1)]
+    assert await waiter == Item("old", 1)
+    assert await kernel.redis.get(cache._k("a")) is not None
+    assert await kernel.redis.get(cache._k("b")) is None  # not stored for anyone else
