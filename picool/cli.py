@@ -144,6 +144,7 @@ def _banner(settings: Settings, stack: EmbeddedStack, t0: float) -> None:
         f"  OpenAPI    {base}/schema/openapi.json   (browse: {base}/schema/swagger)",
         f"  Health     {base}/healthz   {base}/readyz",
         f"  Login page {base}/login",
+        f"  Portal     {base}/portal/   (merchants and operators)",
         f"  PostgreSQL {settings.database_url}",
         f"  Redis      {settings.redis_url}",
         f"  Kafka      {settings.kafka_bootstrap}",
