@@ -48,9 +48,7 @@ def upgrade() -> None:
 
     # Rebuilding a template's Redis pool from PostgreSQL and checking a flash sale's invariants count a
     # template's coupons by source; without this they would scan all 16 partitions.
-    op.create_index(
-        "ix_user_coupons_template_source", "user_coupons", ["template_id", "source_kind", "source_ref"]
-    )
+    op.create_index("ix_user_coupons_template_source", "user_coupons", ["template_id", "source_kind", "source_ref"])
 
 
 def downgrade() -> None:
