@@ -8,10 +8,14 @@ import json
 import math
 import re
 import time
+from collections import Counter
 from datetime import datetime
+from io import BytesIO
 from typing import Any
 
 import httpx
+import pytest
+from PIL import Image
 from playwright.async_api import Page, expect
 
 from picool.settings import Settings
@@ -173,7 +177,37 @@ async def test_templates_show_the_rule_as_a_sentence_and_live_stats(page: Page, 
     await expect(row.locator(".remaining")).to_have_text("99")
 
 
-async def test_a_task_is_placed_on_the_map_and_its_runs_refresh_live(page: Page, portal_url: str) -> None:
+TILE_RGB = (51, 102, 204)
+
+
+def _solid_png(rgb: tuple[int, int, int]) -> bytes:
+    buf = BytesIO()
+    Image.new("RGB", (256, 256), rgb).save(buf, "PNG")
+    return buf.getvalue()
+
+
+async def _rendered(page: Page) -> Image.Image:
+    """The map as the browser shows it (a screenshot: cross-origin tiles keep the canvas unreadable to
+    scripts, which is fine for the page, which never reads it)."""
+    return Image.open(BytesIO(await page.locator("#map").screenshot())).convert("RGB")
+
+
+async def _dominant(page: Page) -> tuple[int, int, int]:
+    img = await _rendered(page)
+    colours: Counter[tuple[int, int, int]] = Counter(
+        img.getpixel((x, y))
+        for x in range(0, img.width, 5)
+        for y in range(0, img.height, 5)  # type: ignore[misc]
+    )
+    return colours.most_common(1)[0][0]
+
+
+@pytest.mark.parametrize("tiles", ["unreachable", "served"])
+async def test_a_task_is_placed_on_the_map_and_its_runs_refresh_live(page: Page, portal_url: str, tiles: str) -> None:
+    if tiles == "served":  # the configured tile server answers (here the browser's network layer does)
+        png = _solid_png(TILE_RGB)
+        await page.route(re.compile(r"^http://127\.0\.0\.1:9/\d+/\d+/\d+\.png$"),
+                         lambda route: route.fulfill(body=png, content_type="image/png"))  # fmt: skip
     merchant = new_merchant(portal_url)
     headers = merchant.login(portal_url)
     template = api(portal_url, "POST", "/api/v1/coupon/templates", headers, json=TEMPLATE_20_OFF_100)
@@ -183,9 +217,16 @@ async def test_a_task_is_placed_on_the_map_and_its_runs_refresh_live(page: Page,
     await expect(canvas).to_be_visible()
     await expect(page.locator("#task-form select[name=reward_template_id] option")).to_have_count(1)
 
-    # The tile server is unreachable: the map still draws (a grid) and still picks points.
+    # Tiles drawn when they load; when the tile server is unreachable the map draws its lat/lon grid
+    # on the plain background instead, and picks points all the same.
     box = await canvas.bounding_box()
     assert box is not None
+    want = TILE_RGB if tiles == "served" else (0xEE, 0xF2, 0xEE)  # a tile's colour, or the bare background
+    for _ in range(50):
+        if await _dominant(page) == want:
+            break
+        await asyncio.sleep(0.2)
+    assert await _dominant(page) == want
     x, y = box["width"] / 2 + 120, box["height"] / 2 - 80
     await canvas.click(position={"x": x, "y": y})
     lat = float(await page.locator("#dest-lat").input_value())
@@ -196,12 +237,8 @@ async def test_a_task_is_placed_on_the_map_and_its_runs_refresh_live(page: Page,
     assert math.isclose(lon - 121.4737, 120 * mpp / (111_320 * math.cos(math.radians(31.2304))), rel_tol=0.03)
     assert math.isclose(lat - 31.2304, 80 * mpp / 110_574, rel_tol=0.03)
     # The marker is drawn where the click was.
-    pixel = await page.evaluate(
-        "([x, y]) => { const c = document.getElementById('map'); const d = window.devicePixelRatio || 1;"
-        " return Array.from(c.getContext('2d').getImageData(Math.round(x * d), Math.round(y * d), 1, 1).data); }",
-        [x, y],
-    )
-    assert pixel[:3] == [0xE2, 0x57, 0x1E], pixel
+    pixel = (await _rendered(page)).getpixel((round(x), round(y)))
+    assert pixel == (0xE2, 0x57, 0x1E), pixel
 
     form = page.locator("#task-form")
     await form.locator("input[name=title]").fill("Riverside loop")
