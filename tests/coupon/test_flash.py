@@ -289,3 +289,14 @@ async def test_two_thousand_claims_three_hundred_runners_five_hundred_coupons(
     assert {str(r.id) for r in rows} == {c["id"] for c in won}  # nothing lost, nothing extra
     assert {r.code for r in rows} == {c["code"] for c in won}
     assert max(Counter(r.user_id for r in rows).values()) <= 2
+
+
+async def test_openapi_lists_the_claim_endpoints(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    assert "post" in paths["/api/v1/coupon/templates/{template_id}/claims"]
+    assert {"get", "post"} <= set(paths["/api/v1/coupon/flash-sessions"])
+    assert "post" in paths["/api/v1/coupon/flash-sessions/{session_id}/claims"]
+    assert "post" in paths["/api/v1/coupon/claim-denylist"]
+    assert "delete" in paths["/api/v1/coupon/claim-denylist/{user_id}"]
+    grab = paths["/api/v1/coupon/flash-sessions/{session_id}/claims"]["post"]
+    assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in grab.get("parameters", []))
