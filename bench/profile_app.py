@@ -3,7 +3,8 @@ its time goes: inclusive share per function, and the hottest self-time frames.
 
     uv run python bench/profile_app.py ping-token        # GET /api/v1/ping with a bearer token
     uv run python bench/profile_app.py ping              # the ceiling endpoint
-    uv run python bench/profile_app.py nearby [TASKS]    # nearby search (default 100000 tasks)
+    uv run python bench/profile_app.py nearby [TASKS]    # nearby search, hot set (default 100000 tasks)
+    uv run python bench/profile_app.py nearby-cold [TASKS]  # nearby search, local level cold, Redis warm
     uv run python bench/profile_app.py wallet            # wallet read, local-cache hit
 
 py-spy is not a project dependency: this runs it with ``uvx --from py-spy py-spy`` (PyPI), as root or with
@@ -66,19 +67,24 @@ def main() -> int:
         elif what == "ping-token":
             runner = accounts.runners(app.base_url, 1)[0]
             reqs = [load.get("/api/v1/ping", runner.bearer)]
-        elif what == "nearby":
-            import nearby
+        elif what.startswith("nearby"):
+            from harness import tasks
 
             n = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
-            nearby.seed(servers, n)
+            field = tasks.TaskField.make(n)
+            tasks.seed_sync(servers, field, 0, n)
             runner = accounts.runners(app.base_url, 1)[0]
-            reqs = nearby.requests(runner.bearer, 20_000, hot=100)
-            load.run("warm", app.port, reqs, concurrency=64, duration_s=5, warmup_s=0.5)
+            if what == "nearby-cold":  # local level cold, Redis warm: many points, replayed
+                points = field.queries(20_000, seed=7)
+                reqs = tasks.requests(points, runner.bearer)
+                load.run("fill Redis", app.port, reqs, concurrency=64, duration_s=20, warmup_s=0.5, cycle=False)
+            else:
+                reqs = tasks.requests(field.queries(100, seed=11), runner.bearer)
+                load.run("warm", app.port, reqs, concurrency=64, duration_s=3, warmup_s=0.5)
         elif what == "wallet":
             import wallet
 
-            setup = wallet.setup(servers, app, users=64, coupons_each=10)
-            reqs = wallet.requests(setup.tokens[:64])
+            reqs = wallet.setup(servers, app).requests()
         else:
             raise SystemExit(f"unknown scenario {what!r}")
         OUT.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,7 @@ class LoadResult:
     errors: Counter[str] = field(default_factory=Counter)
     samples: dict[int, bytes] = field(default_factory=dict)
     exhausted: bool = False
+    sent: list[int] = field(default_factory=list)  # per worker process: how many of its requests it sent
 
     @property
     def count(self) -> int:
@@ -206,6 +207,9 @@ class Stream:
     processes: int | None = None
     cycle: bool = True
     chain: Callable[[int], Chain] | None = None  # client index -> its chain (then ``requests`` is unused)
+    # Paced (open-loop) load: this many requests a second in all, each connection sending on a fixed schedule;
+    # latency counts from the scheduled start, so a late answer delays (and is charged to) the next ones.
+    rate: float | None = None
 
 
 @dataclass
@@ -221,6 +225,7 @@ class _Plan:
     cycle: bool
     timeout_s: float
     chain: Callable[[int], Chain] | None
+    interval_s: float | None = None  # paced: the time between one connection's scheduled sends
 
 
 async def _worker_main(plan: _Plan) -> dict[str, Any]:
@@ -261,7 +266,14 @@ async def _worker_main(plan: _Plan) -> dict[str, Any]:
     async def client(conn: _Conn, index: int) -> None:
         chain = plan.chain(index) if plan.chain is not None else None
         req = chain.first() if chain is not None else next_shared()
+        interval = plan.interval_s
+        # spread the connections' schedules evenly over one interval
+        due = plan.start_at + (interval * ((index * 0.618034) % 1.0) if interval else 0.0)
         while req is not None:
+            if interval is not None:
+                wait = due - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
             if time.monotonic() >= stop_at:
                 return
             if conn.closed:
@@ -272,6 +284,9 @@ async def _worker_main(plan: _Plan) -> dict[str, Any]:
                     await asyncio.sleep(0.05)
                     continue
             t0 = time.monotonic()
+            if interval is not None:
+                t0 = min(t0, due)  # charge the time it waited behind a late answer
+                due += interval
             try:
                 status, body = await asyncio.wait_for(conn.send(req), timeout=plan.timeout_s)
             except (ConnectionError, TimeoutError, OSError) as exc:
@@ -290,7 +305,7 @@ async def _worker_main(plan: _Plan) -> dict[str, Any]:
                 state["last"] = max(state["last"], t1)
                 statuses[status] += 1
                 if status not in samples:
-                    samples[status] = body[:2000]
+                    samples[status] = body[:65536]
             req = chain.next(status, body) if chain is not None else next_shared()
 
     tasks = [asyncio.create_task(client(c, plan.first_client + k)) for k, c in enumerate(conns)]
@@ -310,6 +325,7 @@ async def _worker_main(plan: _Plan) -> dict[str, Any]:
         "samples": samples,
         "exhausted": state["exhausted"],
         "last": state["last"],
+        "sent": state["next"],
     }
 
 
@@ -354,7 +370,7 @@ def run_many(
                 share = st.concurrency // procs_n + (1 if w < st.concurrency % procs_n else 0)
                 part = st.requests[w::procs_n] if len(st.requests) >= procs_n else st.requests
                 plan = _Plan(host, port, part, share, first, start_at, warmup_s, duration_s, st.cycle, timeout_s,
-                             st.chain)  # fmt: skip
+                             st.chain, st.concurrency / st.rate if st.rate else None)  # fmt: skip
                 first += share
                 parent_end, child_end = _CTX.Pipe(duplex=False)
                 p = _CTX.Process(target=_worker, args=(plan, child_end), daemon=True)
@@ -378,6 +394,7 @@ def run_many(
                 result.samples.setdefault(int(k), v)
             result.exhausted = result.exhausted or out["exhausted"]
             last[si] = max(last[si], out["last"])
+            result.sent.append(out["sent"])
         for si, result in enumerate(results):
             if result.exhausted and last[si]:
                 # Requests ran out before the window closed: the window is as long as the work lasted.
@@ -404,9 +421,11 @@ def run(
     cycle: bool = True,
     timeout_s: float = 10.0,
     host: str = "127.0.0.1",
+    rate: float | None = None,
 ) -> LoadResult:
-    """One stream of ``requests`` over ``concurrency`` connections (see :func:`run_many`)."""
-    stream = Stream(label, requests, concurrency, processes, cycle)
+    """One stream of ``requests`` over ``concurrency`` connections (see :func:`run_many`); paced at ``rate``
+    requests a second in all when given, else each connection sends as soon as it has its answer."""
+    stream = Stream(label, requests, concurrency, processes, cycle, rate=rate)
     return run_many(port, [stream], duration_s=duration_s, warmup_s=warmup_s, timeout_s=timeout_s, host=host)[0]
 
 

@@ -25,6 +25,7 @@ def measure(
     ceiling_rps: float | None = None,
     cycle: bool = True,
     processes: int | None = None,
+    rate: float | None = None,
     **extra: Any,
 ) -> tuple[load.LoadResult, dict[str, Any]]:
     """Drive ``requests`` at ``app`` and add a row named ``name``."""
@@ -40,18 +41,29 @@ def measure(
             warmup_s=warmup,
             cycle=cycle,
             processes=processes,
+            rate=rate,
         )
+    if rate is not None:
+        extra = {"offered_rps": round(rate, 1), **extra}
     row = http_row(res, name, result, sampler, ceiling_rps, **extra)
     return result, row
 
 
-def ceiling(res: Results, app: App, concurrency: int = 64, duration_s: float | None = None, **extra: Any) -> float:
-    """The app's throughput on the trivial endpoint at ``concurrency``: the denominator of this run's ratios."""
+def ceiling(
+    res: Results,
+    app: App,
+    concurrency: int = 64,
+    duration_s: float | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> float:
+    """The app's throughput on the trivial endpoint at ``concurrency``: the denominator of this run's ratios.
+    With ``headers`` (a bearer token) the edge does the same work as for the scenario's own requests."""
     result, _row = measure(
         res,
-        f"ceiling: GET {PING} (same run)",
+        f"ceiling: GET {PING}{' (token)' if headers else ''} c={concurrency}",
         app,
-        [load.get(PING)],
+        [load.get(PING, headers)],
         concurrency=concurrency,
         duration_s=duration_s if duration_s is not None else seconds("ceiling", 6.0),
         warmup_s=1.0,

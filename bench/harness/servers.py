@@ -148,10 +148,18 @@ class App:
     """One ``picool serve`` process (``python -m picool.cli serve``) on a free port."""
 
     def __init__(
-        self, servers: Servers, *, workers: int = 1, name: str = "app", command: list[str] | None = None, **env: str
+        self,
+        servers: Servers,
+        *,
+        workers: int = 1,
+        name: str = "app",
+        command: list[str] | None = None,
+        cwd: Path | None = None,
+        **env: str,
     ) -> None:
         self.servers = servers
         self.command = command or [sys.executable, "-m", "picool.cli"]
+        self.cwd = cwd or ROOT
         self.port = free_port()
         self.workers = workers
         self.name = name
@@ -174,7 +182,9 @@ class App:
         if self.workers > 1:
             cmd += ["--workers", str(self.workers)]
         with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=logf, stderr=logf, preexec_fn=_child_setup)
+            self.proc = subprocess.Popen(
+                cmd, cwd=self.cwd, env=self.env, stdout=logf, stderr=logf, preexec_fn=_child_setup
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
