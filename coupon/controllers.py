@@ -7,7 +7,7 @@ not ids answer 404, like ids that name nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -25,20 +25,22 @@ from picool.ids import parse_id_str
 from picool.kernel import Kernel
 from picool.tokens import Identity
 
-Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]
+# Guards are coroutines: litestar runs a plain-function guard in a worker thread (a thread hop on every
+# request: ~10 % of a cached wallet read's CPU under bench/wallet.py load, py-spy).
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 
 def roles(*allowed: str) -> Guard:
     """A guard letting through callers with one of ``allowed`` roles (401 without a valid token, 403 else)."""
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         identity = web.identity_of(connection)  # type: ignore[arg-type]
         web.require_role(identity, *allowed)
 
     return guard
 
 
-def authenticated(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def authenticated(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """A guard letting through any caller with a valid token (401 otherwise)."""
     web.identity_of(connection)  # type: ignore[arg-type]
 
