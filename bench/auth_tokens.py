@@ -133,6 +133,7 @@ class _RefreshChain:
 def main() -> int:
     install_signal_handlers()
     res = Results("auth")
+    res.extra["command"] = "uv run python bench/auth_tokens.py"
     duration = seconds("duration", 10.0)
     with embedded_servers() as servers, App(servers) as app:
         runners = accounts.runners(app.base_url, 8)

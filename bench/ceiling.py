@@ -23,6 +23,7 @@ from harness.servers import App, embedded_servers, install_signal_handlers
 def main() -> int:
     install_signal_handlers()
     res = Results("ceiling")
+    res.extra["command"] = "uv run python bench/ceiling.py"
     print("ceiling: generator's own ceiling ...", flush=True)
     gen = load.generator_ceiling(64, seconds("gen", 4.0))
     s = gen.summary()
