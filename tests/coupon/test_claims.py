@@ -329,14 +329,26 @@ async def test_reconciler_sends_what_kafka_never_got(
     young = coupon_store.ClaimRecord(young_id, uid, young_code, old_ms + 29_000, "claim", str(tid))
     assert (await store.claim(tid, None, young)).outcome is coupon_store.ClaimOutcome.OK
 
-    report = await coupon_service.reconcile(kernel)
-    assert report.resent == 1  # the young one is still within its grace period
-    await persisted(kernel, tid, 1, settled=False)
-    await wait_for(lambda: _pending_is(store, tid, 1))  # the re-sent one is cleared, the young one stays
-    report = await coupon_service.reconcile(kernel, grace_ms=0)
-    assert report.resent == 1
-    await persisted(kernel, tid, 2)
-    assert await store.pending_count(tid) == 0
+    # The app's own reconciler would re-send the young one too once its grace ran out (on a slow
+    # machine, before this test looks): hold its lease so only the calls below reconcile.
+    lease = "picool:lease:coupon.claims-reconcile"
+    for _ in range(200):
+        if await kernel.redis.set(lease, b"test", nx=True, px=60_000):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the reconciler's lease stayed taken")
+    try:
+        report = await coupon_service.reconcile(kernel)
+        assert report.resent == 1  # the young one is still within its grace period
+        await persisted(kernel, tid, 1, settled=False)
+        await wait_for(lambda: _pending_is(store, tid, 1))  # the re-sent one is cleared, the young one stays
+        report = await coupon_service.reconcile(kernel, grace_ms=0)
+        assert report.resent == 1
+        await persisted(kernel, tid, 2)
+        assert await store.pending_count(tid) == 0
+    finally:
+        await kernel.redis.delete(lease)
 
     # Stored, but the process died before it cleared the pending entry: the reconciler just clears it.
     await kernel.redis.zadd(coupon_store.PoolKeys(tid).pending, {str(coupon_id): old_ms})
