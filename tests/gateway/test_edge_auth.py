@@ -49,3 +49,28 @@ async def test_per_user_limit_is_exact_and_separate(per_user: httpx.AsyncClient,
     assert codes.count(200) == 10 and codes.count(429) == 15
     # the other user (same IP) is not affected
     assert (await per_user.get("/api/v1/auth/me", headers=b.headers)).status_code == 200
+
+
+async def test_claim_outcomes_in_metrics(client: httpx.AsyncClient, accounts: object) -> None:
+    merchant = await accounts.merchant()  # type: ignore[attr-defined]
+    runner = await accounts.runner()  # type: ignore[attr-defined]
+    template = await client.post(
+        "/api/v1/coupon/templates",
+        headers=merchant.headers,
+        json={
+            "name": "1 off",
+            "rule": {"type": "direct", "amount_cents": 100},
+            "validity": {"kind": "relative", "days": 7},
+            "total_count": 1,
+            "per_user_limit": 1,
+            "distribution": "claim",
+        },
+    )
+    assert template.status_code == 201, template.text
+    url = f"/api/v1/coupon/templates/{template.json()['id']}/claims"
+    assert (await client.post(url, headers=runner.headers)).status_code == 201
+    second = await client.post(url, headers=runner.headers)
+    assert second.status_code == 409
+    text = (await client.get("/metrics")).text
+    assert 'picool_claims_total{kind="claim",outcome="ok"}' in text
+    assert f'outcome="{second.json()["code"]}"' in text
