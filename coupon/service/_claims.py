@@ -1,7 +1,8 @@
 """Claiming a coupon (a ``claim`` template or a flash session) without touching PostgreSQL.
 
-The request path: the deny list and the claim rate limits (one Redis round trip, concurrently), the
-template and session from the two-level cache, then ``coupon/lua/claim.lua`` decides and records the
+The request path: the deny list (this process's copy, no round trip) and the claim rate limits (one
+pipelined Redis round trip), the template and session from the two-level caches, then
+``coupon/lua/claim.lua`` decides and records the
 claim in Redis with the id and code made here, then :class:`picool.events.CouponClaimedV1` is handed to
 the Kafka producer and the runner gets the coupon. The claim consumer writes it to PostgreSQL within
 moments.

@@ -11,7 +11,6 @@ holds all of it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -133,11 +132,3 @@ async def sync_denylist(kernel: Kernel) -> int:
     await _pools.claim_store(kernel).replace_denied(users)
     await refresh(kernel)
     return len(users)
-
-
-async def stop_refreshing(kernel: Kernel) -> None:
-    """Wait for a background refresh in flight (at shutdown)."""
-    task = deny_set(kernel).refreshing
-    if task is not None:
-        with contextlib.suppress(Exception):
-            await task

@@ -197,9 +197,12 @@ def parse_day(text: str | None, now: datetime) -> date:
     if len(text) != 10 or text[4] != "-" or text[7] != "-" or not text.replace("-", "").isdigit():
         raise InvalidRequest("date: must be YYYY-MM-DD", errors=[{"key": "date", "message": "must be YYYY-MM-DD"}])
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise InvalidRequest("date: not a calendar date", errors=[{"key": "date", "message": "not a date"}]) from None
+    if not 1970 <= day.year <= 9998:  # (the day's end must still be a datetime)
+        raise InvalidRequest("date: must be between 1970 and 9998", errors=[{"key": "date", "message": "out of range"}])
+    return day
 
 
 async def _load_day(kernel: Kernel, day: date) -> FlashDay:

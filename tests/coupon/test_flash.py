@@ -218,7 +218,19 @@ async def test_day_listing(client: httpx.AsyncClient, accounts: Any, make_templa
     assert fresh[open_now["id"]]["remaining"] == 9 and fresh[open_now["id"]]["stock"] == 10
     assert fresh[tonight["id"]]["remaining"] == 10
 
-    for bad in ("2026-13-01", "2026-02-30", "yesterday", "2026-1-1", "", "2026-01-01T00:00:00Z", "x" * 40, "１２３"):
+    for bad in (
+        "2026-13-01",
+        "2026-02-30",
+        "yesterday",
+        "2026-1-1",
+        "",
+        "2026-01-01T00:00:00Z",
+        "x" * 40,
+        "１２３",
+        "9999-12-31",
+        "0001-01-01",
+        "1969-12-31",
+    ):
         resp = await client.get(SESSIONS, params={"date": bad})
         assert resp.status_code == 400, (bad, resp.text)
         assert resp.json()["code"] == "invalid_request"
