@@ -134,7 +134,7 @@ def main() -> int:
     install_signal_handlers()
     res = Results("auth")
     res.extra["command"] = "uv run python bench/auth_tokens.py"
-    duration = seconds("duration", 10.0)
+    duration = seconds("duration", 8.0)
     with embedded_servers() as servers, App(servers) as app:
         runners = accounts.runners(app.base_url, 8)
         base = ceiling(res, app, 64)

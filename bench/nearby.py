@@ -76,7 +76,7 @@ def main() -> int:
     res.extra["command"] = f"uv run python bench/nearby.py --tasks {n}"
     res.extra["tasks"] = n
     label = _label(n)
-    duration = seconds("duration", 10.0)
+    duration = seconds("duration", 8.0)
     field = tasks.TaskField.make(n)
     levels = [k for k in (10_000, 100_000) if k < n] if not args.no_levels else []
     with embedded_servers() as servers:
@@ -119,7 +119,7 @@ def main() -> int:
             all_ok(res, "nearby warm", warm)
             for c in (1, 16, 128):
                 r, _ = measure(res, f"nearby {label}: local cache warm c={c}", app, hot, concurrency=c,
-                               duration_s=min(duration, 6.0), ceiling_rps=base, role="nearby-sweep", data_size=n,
+                               duration_s=min(duration, 5.0), ceiling_rps=base, role="nearby-sweep", data_size=n,
                                series="nearby-warm")  # fmt: skip
                 all_ok(res, f"nearby warm c={c}", r)
 

@@ -163,8 +163,9 @@ def chart(results: list[dict[str, Any]], path: Path) -> bool:
             by_conc.setdefault(r["series"], []).append(r)
         elif r.get("data_size"):
             by_size.setdefault(r["series"], []).append(r)
-    for name, rs in sorted(by_conc.items()):
-        rs.sort(key=lambda r: r["concurrency"])
+    for name, series in sorted(by_conc.items()):
+        rs = sorted((r for r in series if r.get("p50_ms") is not None and r.get("p99_ms") is not None),
+                    key=lambda r: r["concurrency"])  # fmt: skip
         xs = [r["concurrency"] for r in rs]
         (line,) = ax1.plot(xs, [r["p50_ms"] for r in rs], marker="o", label=f"{name} p50")
         ax1.plot(xs, [r["p99_ms"] for r in rs], marker="x", linestyle="--", color=line.get_color(), label=f"{name} p99")
@@ -177,12 +178,14 @@ def chart(results: list[dict[str, Any]], path: Path) -> bool:
         best: dict[int, dict[str, Any]] = {}
         for r in rs:
             best[r["data_size"]] = r
-        pts = sorted(best.values(), key=lambda r: r["data_size"])
+        pts = sorted((r for r in best.values() if r.get("p50_ms") is not None), key=lambda r: r["data_size"])
+        if not pts:
+            continue
         xs = [r["data_size"] for r in pts]
         (line,) = ax2.plot(xs, [r["p50_ms"] for r in pts], marker="o", label=f"{name} p50")
-        ax2.plot(
-            xs, [r["p99_ms"] for r in pts], marker="x", linestyle="--", color=line.get_color(), label=f"{name} p99"
-        )
+        if all(r.get("p99_ms") is not None for r in pts):
+            ax2.plot(xs, [r["p99_ms"] for r in pts], marker="x", linestyle="--", color=line.get_color(),
+                     label=f"{name} p99")  # fmt: skip
     ax2.set(xscale="log", yscale="log", xlabel="data size (tasks indexed / coupons stored)", ylabel="latency (ms)",
             title="Latency vs data size")  # fmt: skip
     if by_size:

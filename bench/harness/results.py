@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import json
 import os
@@ -65,6 +66,16 @@ class Results:
     started: float = field(default_factory=time.time)
     load_before: tuple[float, float, float] = field(default_factory=os.getloadavg)
     other_load: list[float] = field(default_factory=list)
+    saved: bool = False
+
+    def __post_init__(self) -> None:
+        # A scenario stopped early (its time limit, Ctrl-C) still leaves what it measured, marked as partial.
+        atexit.register(self._save_partial)
+
+    def _save_partial(self) -> None:
+        if not self.saved and (self.rows or self.checks):
+            self.notes.append("interrupted before the end: partial results")
+            self.save()
 
     def row(self, name: str, **values: Any) -> dict[str, Any]:
         """Add a table row (throughput, p50, p99, ratio, peak RSS, ...) and print it."""
@@ -111,6 +122,7 @@ class Results:
             **self.extra,
         }
         path.write_text(json.dumps(data, indent=2, default=str))
+        self.saved = True
         failed = [c["name"] for c in self.checks if not c["ok"]]
         print(f"  wrote {path} ({len(self.rows)} rows, {len(self.checks)} checks, {len(failed)} failed)", flush=True)
         return path

@@ -29,8 +29,8 @@ def measure(
     **extra: Any,
 ) -> tuple[load.LoadResult, dict[str, Any]]:
     """Drive ``requests`` at ``app`` and add a row named ``name``."""
-    duration = duration_s if duration_s is not None else seconds("duration", 10.0)
-    warmup = warmup_s if warmup_s is not None else seconds("warmup", 2.0)
+    duration = duration_s if duration_s is not None else seconds("duration", 8.0)
+    warmup = warmup_s if warmup_s is not None else seconds("warmup", 1.5)
     with Sampler(app.pid) as sampler:
         result = load.run(
             name,
