@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar, cast
 import msgspec
 from cachetools import TTLCache
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 log = logging.getLogger("picool.cache")
 
@@ -323,17 +324,29 @@ class TwoLevelCache(Generic[T]):
         """
         if not keys:
             return
-        pipe = self.redis.pipeline(transaction=False)
         for key in keys:
             self.local.pop(key, None)
-            rkey = self._k(key)
-            await self.bus.invalidate_script(keys=[rkey, rkey + ":gen"], args=[], client=pipe)
-        if len(keys) > clear_above:
-            pipe.publish(CHANNEL, f"{self.name}\x00*")
-        else:
+        for attempt in range(2):
+            # Plain EVALSHA, not the Script object: a pipeline holding Script objects sends SCRIPT EXISTS
+            # before every execute, one more round trip than the pipeline is meant to save.
+            pipe = self.redis.pipeline(transaction=False)
             for key in keys:
-                pipe.publish(CHANNEL, f"{self.name}\x00{key}")
-        await pipe.execute()
+                rkey = self._k(key)
+                pipe.evalsha(self.bus.invalidate_script.sha, 2, rkey, rkey + ":gen")
+            if len(keys) > clear_above:
+                pipe.publish(CHANNEL, f"{self.name}\x00*")
+            else:
+                for key in keys:
+                    pipe.publish(CHANNEL, f"{self.name}\x00{key}")
+            try:
+                await pipe.execute()
+            except NoScriptError:
+                if attempt:
+                    raise
+                # Redis restarted and lost the script: load it and go again (a second bump is harmless).
+                await self.redis.script_load(_INVALIDATE)
+                continue
+            return
 
     async def set(self, key: str, value: T) -> None:
         """Write a freshly computed value through both levels."""

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 # KEYS[1]: the window set. ARGV: now_ms, window_ms, limit, member.
 # Returns {admitted(0/1), count_after, oldest_ms}.
@@ -105,14 +106,23 @@ class RateLimiter:
         if not checks:
             return []
         now_ms = int(time.time() * 1000)
-        pipe = self.redis.pipeline(transaction=False)
-        for key, limit in checks:
-            await self._script(
-                keys=[f"{self.prefix}{key}"],
-                args=[now_ms, limit.window_s * 1000, limit.limit, f"{now_ms}:{uuid.uuid4().hex[:8]}"],
-                client=pipe,
-            )
-        replies = await pipe.execute()
+        for attempt in range(2):
+            # Plain EVALSHA, not the Script object: a pipeline holding Script objects sends SCRIPT EXISTS
+            # before every execute, one more round trip than the pipeline is meant to save.
+            pipe = self.redis.pipeline(transaction=False)
+            for key, limit in checks:
+                member = f"{now_ms}:{uuid.uuid4().hex[:8]}"
+                pipe.evalsha(
+                    self._script.sha, 1, f"{self.prefix}{key}", now_ms, limit.window_s * 1000, limit.limit, member
+                )
+            try:
+                replies = await pipe.execute()
+            except NoScriptError:
+                if attempt:
+                    raise
+                await self.redis.script_load(_SLIDING)  # Redis restarted: nothing ran, load it and go again
+                continue
+            break
         return [_decision(limit, now_ms, *reply) for (_key, limit), reply in zip(checks, replies, strict=True)]
 
 

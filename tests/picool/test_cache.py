@@ -164,3 +164,30 @@ async def test_get_many_does_not_write_back_what_changed_meanwhile(client: httpx
     assert await waiter == Item("old", 1)
     assert await kernel.redis.get(cache._k("a")) is not None
     assert await kernel.redis.get(cache._k("b")) is None  # not stored for anyone else
+
+
+async def test_invalidate_many_per_key_and_wholesale(client: httpx.AsyncClient, kernel: Kernel) -> None:
+    local, remote, other_bus, other_redis = _pair(kernel, "t.many")
+    await other_bus.start()
+    try:
+
+        async def load(n: int) -> Item | None:
+            return Item(name="v", n=n)
+
+        for key in ("a", "b", "c"):
+            await local.get(key, lambda: load(1))
+            await remote.get(key, lambda: load(1))
+        await kernel.redis.script_flush()  # a restarted Redis: the scripts must come back by themselves
+        await local.invalidate_many(["a", "b"])  # few keys: one message per key
+        await wait_for(lambda: _dropped(remote, ["a", "b"]), timeout_s=5)
+        assert "c" in remote.local
+        assert (await remote.get("a", lambda: load(2))) == Item(name="v", n=2)  # Redis level dropped too
+        await local.invalidate_many(["a"], clear_above=0)  # many keys: one "drop everything" message
+        await wait_for(lambda: _dropped(remote, ["a", "b", "c"]), timeout_s=5)
+    finally:
+        await other_bus.stop()
+        await other_redis.aclose()
+
+
+async def _dropped(cache: TwoLevelCache[Item], keys: list[str]) -> bool:
+    return all(k not in cache.local for k in keys)
