@@ -301,9 +301,10 @@ async def _insert_premade(
     now: datetime,
 ) -> set[int]:
     cols: dict[str, list[Any]] = {k: [] for k in ("u", "i", "c", "t", "m", "k", "r", "ra", "vf", "vt")}
+    validity = {tid: t.parsed_validity() for tid, t in templates.items()}  # parsed once per batch, not per coupon
     for c in coupons:
         template = templates[c.template_id]
-        valid_from, valid_to = coupon_domain.validity_window(template.parsed_validity(), c.received_at)
+        valid_from, valid_to = coupon_domain.validity_window(validity[c.template_id], c.received_at)
         for name, value in zip(
             cols,
             (c.user_id, c.coupon_id, c.code, template.id, template.merchant_id, c.source_kind, c.source_ref,
