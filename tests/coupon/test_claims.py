@@ -465,6 +465,11 @@ async def test_template_claim_race(
     random.Random(7).shuffle(order)
     async with roomy_client(stack_settings, node_id=203) as roomy:
         responses = await asyncio.gather(*(roomy.post(claim_path(template["id"]), headers=r.headers) for r in order))
+        # Claims take no body: whatever arrives with one is ignored, never a 500.
+        for raw, ctype in ((b"{", "application/json"), (b"\xff\xfe", "text/plain"), (b"x" * 5000, "a/b"), (b"", "")):
+            odd = await roomy.post(claim_path(template["id"]), content=raw,
+                                   headers={**runners[0].headers, "Content-Type": ctype})  # fmt: skip
+            assert odd.status_code == 409 and odd.json()["code"] in {"sold_out", "limit_reached"}, odd.text
     codes = Counter(r.status_code for r in responses)
     assert codes == Counter({201: 150, 409: 450}), codes
     assert max(Counter(r.json()["user_id"] for r in responses if r.status_code == 201).values()) <= 3
