@@ -109,6 +109,19 @@ def conditions(results: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def noise_warning(results: list[dict[str, Any]]) -> list[str]:
+    others = max((d.get("other_load_cores_max") or 0 for d in results), default=0)
+    if others < 0.3:
+        return []
+    return [
+        f"**Measured on a shared machine**: other processes used up to {others:.1f} of its cores during these "
+        "runs, and not evenly, so absolute figures are low and noisy and even same-run ratios move by tens of "
+        "percent between runs. Re-run `" + COMMAND + "` on a quiet machine for figures to quote; "
+        "`bench/ab.py` (interleaved rounds) is the fair way to compare two versions meanwhile.",
+        "",
+    ]
+
+
 def targets(results: list[dict[str, Any]]) -> list[str]:
     out = ["| target | | measured |", "|---|---|---|"]
     for d in results:
@@ -215,6 +228,7 @@ def write_markdown(results: list[dict[str, Any]], png: bool) -> str:
         "",
         "## Conditions",
         "",
+        *noise_warning(results),
         *conditions(results),
         "",
         "## Targets",
