@@ -397,7 +397,8 @@ RejectReason = Literal[
 class VerifyConfig:
     """Thresholds of run verification; the defaults suit running.
 
-    `min_step_m` and `smooth_window_s` are the jitter filter of `track_length_m`.
+    `min_step_m` and `smooth_window_s` are the jitter filter of `track_length_m`; `gps_error_m` is how far
+    two ordinary fixes may sit off the true path between them, which the spike filter forgives.
     """
 
     max_speed_mps: float = 7.0
@@ -407,9 +408,12 @@ class VerifyConfig:
     min_points: int = 10
     min_step_m: float = 10.0
     smooth_window_s: float = 5.0
+    gps_error_m: float = 15.0
 
 
 DEFAULT_VERIFY_CONFIG: Final = VerifyConfig()
+# The longest run of consecutive wild fixes (multipath) the track cleaner drops as one spike.
+MAX_SPIKE_FIXES: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,9 +442,11 @@ def verify_run(
 
     The track is first cleaned: points are ordered by timestamp (the first of equal
     timestamps is kept), points before `accepted_at_ms` are ignored (distance run before
-    accepting does not count), and single-fix GPS spikes are dropped (a fix reached and
-    left faster than `max_speed_mps` while its neighbours are consistent with each
-    other).
+    accepting does not count), and GPS spikes are dropped: up to `MAX_SPIKE_FIXES`
+    consecutive fixes that could not be reached from the last good fix at `max_speed_mps`
+    (give or take `gps_error_m`), after which the track resumes at a fix that could be (a
+    wild first fix, disowned by the two after it, is dropped too). A track that is fast
+    throughout never resumes, so nothing of it is dropped.
 
     The rules, checked in this order, the first broken one being the reason:
 
@@ -456,7 +462,7 @@ def verify_run(
     Integrity and cheating rules come before the "not there yet" ones, so a runner is
     told the most fundamental problem and a cheat is recorded as such.
     """
-    track = _clean_track(points, accepted_at_ms, config.max_speed_mps)
+    track = _clean_track(points, accepted_at_ms, config.max_speed_mps, config.gps_error_m)
     distance_m = track_length_m(track, config.min_step_m, config.smooth_window_s)
     duration_s = (track[-1].ts_ms - track[0].ts_ms) / 1000.0 if track else 0.0
 
@@ -478,23 +484,44 @@ def verify_run(
     return verdict(None)
 
 
-def _clean_track(points: Iterable[TrackPoint], accepted_at_ms: int, max_speed_mps: float) -> list[TrackPoint]:
+def _clean_track(
+    points: Iterable[TrackPoint], accepted_at_ms: int, max_speed_mps: float, gps_error_m: float
+) -> list[TrackPoint]:
     ordered: list[TrackPoint] = []
     for p in sorted(points, key=lambda q: q.ts_ms):
         if p.ts_ms >= accepted_at_ms and (not ordered or p.ts_ms != ordered[-1].ts_ms):
             ordered.append(p)
     if len(ordered) < 3:
         return ordered
+
+    def reachable(a: TrackPoint, b: TrackPoint) -> bool:
+        # Two noisy fixes of an honest track: no farther apart than max speed allows, plus GPS error.
+        dt_s = (b.ts_ms - a.ts_ms) / 1000.0
+        return haversine_m(a.lat, a.lon, b.lat, b.lon) <= max_speed_mps * dt_s + gps_error_m
+
+    # A wild first fix: the next two agree with each other but not with it.
+    while len(ordered) >= 3 and not reachable(ordered[0], ordered[1]) and reachable(ordered[1], ordered[2]):
+        ordered.pop(0)
     kept = [ordered[0]]
-    for k in range(1, len(ordered) - 1):
-        prev, cur, nxt = kept[-1], ordered[k], ordered[k + 1]
-        is_spike = (
-            _speed_mps(prev, cur) > max_speed_mps
-            and _speed_mps(cur, nxt) > max_speed_mps
-            and _speed_mps(prev, nxt) <= max_speed_mps
-        )
-        if not is_spike:
-            kept.append(cur)
+    k = 1
+    while k < len(ordered) - 1:
+        cur = ordered[k]
+        if not reachable(kept[-1], cur):
+            # An excursion of up to MAX_SPIKE_FIXES wild fixes, after which the track resumes where it
+            # could have got to from the last good fix: drop the excursion. The last fix is never dropped.
+            resume = next(
+                (
+                    m
+                    for m in range(k + 1, min(k + 1 + MAX_SPIKE_FIXES, len(ordered)))
+                    if reachable(kept[-1], ordered[m])
+                ),
+                None,
+            )
+            if resume is not None:
+                k = resume
+                continue
+        kept.append(cur)
+        k += 1
     kept.append(ordered[-1])
     return kept
 

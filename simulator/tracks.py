@@ -202,5 +202,7 @@ def make_plan(
     if kind == "teleporter":
         plan.jump_at_s = rng.uniform(15.0, 25.0)
     elif kind == "quitter":
-        plan.stop_fraction = rng.uniform(0.35, 0.6)
+        # Stop part of the way, and at least two arrival radii short of the end: a quitter who gave up
+        # inside the arrival circle has arrived.
+        plan.stop_fraction = min(rng.uniform(0.35, 0.6), max(0.1, 1.0 - 2.0 * radius_m / plan.path_length_m))
     return plan

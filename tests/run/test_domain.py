@@ -492,6 +492,26 @@ def test_a_single_gps_spike_is_ignored() -> None:
     assert verdict.distance_m == pytest.approx(897, abs=15)
 
 
+def test_a_burst_of_wild_fixes_and_a_wild_first_fix_are_ignored() -> None:
+    # Multipath lasts a few seconds: three wild fixes in a row, 400 m off, then the track goes on. The
+    # first fix is wild too (a cold receiver). The runner is fast (4.5 m/s) but honest.
+    points = line(300, 4.5)
+    for k in (120, 121, 122):
+        p = points[k]
+        points[k] = TrackPoint(p.ts_ms, p.lat + 400 * DEG_PER_M, p.lon, 50.0)
+    first = points[0]
+    points[0] = TrackPoint(first.ts_ms, first.lat - 300 * DEG_PER_M, first.lon, 50.0)
+    verdict = verify(points, min_distance_m=1200)
+    assert verdict.ok, verdict
+    assert verdict.distance_m == pytest.approx(1345, abs=25)
+
+
+def test_driving_is_not_cleaned_away() -> None:
+    # Every fix of a 15 m/s drive is "unreachable" from the one two seconds before; nothing resumes, so
+    # nothing is dropped as a spike and the drive stays too fast.
+    assert verify(line(120, 15.0, dt_s=2)).reason == "too_fast"
+
+
 def test_short_bursts_are_not_sustained_speed() -> None:
     # 3 m/s with a 10 s sprint at 9 m/s: the 30 s average stays under 7 m/s.
     points = line(100, 3.0)
