@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from litestar import Controller, Request, delete, get, post
 from litestar.connection import ASGIConnection
@@ -60,6 +60,21 @@ def path_id(text: str, what: str) -> int:
     if value is None:
         raise NotFound(f"There is no {what} with this id.")
     return value
+
+
+def body_id(text: str, problem: str) -> int:
+    """An id given in a request body as an int; 400 ``invalid_request`` saying ``problem`` otherwise."""
+    value = parse_id_str(text)
+    if value is None:
+        raise InvalidRequest(problem)
+    return value
+
+
+def page_cursor(cursor: str | None) -> int | None:
+    """The id a ``?cursor=`` names (None for the first page); 400 when it is not a ``next_cursor``."""
+    if cursor is None:
+        return None
+    return body_id(cursor, "cursor: must be a next_cursor from a previous page")
 
 
 def _str(value: int | None) -> str | None:
@@ -155,11 +170,7 @@ class CouponController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 50,
     ) -> schemas.TemplateList:
         """The batches the caller manages, newest first: a merchant's own, an operator's platform batches."""
-        before = None
-        if cursor is not None:
-            before = parse_id_str(cursor)
-            if before is None:
-                raise InvalidRequest("cursor: must be a next_cursor from a previous page")
+        before = page_cursor(cursor)
         items, next_cursor = await coupon_service.list_templates(kernel, actor_of(identity), before, limit)
         return schemas.TemplateList(items=[template_out(t) for t in items], next_cursor=_str(next_cursor))
 
@@ -193,11 +204,7 @@ class CouponController(Controller):
     ) -> schemas.CouponList:
         """The caller's coupons, newest first, optionally only those showing ``status`` now."""
         actor = actor_of(identity)
-        before = None
-        if cursor is not None:
-            before = parse_id_str(cursor)
-            if before is None:
-                raise InvalidRequest("cursor: must be a next_cursor from a previous page")
+        before = page_cursor(cursor)
         now = _now()
         items, next_cursor = await coupon_service.wallet_page(kernel, actor.user_id, status, now, before)
         return schemas.CouponList(items=[coupon_out(c, now) for c in items], next_cursor=_str(next_cursor))
@@ -214,9 +221,7 @@ class CouponController(Controller):
     ) -> schemas.QuoteList:
         """The caller's coupons usable on this order at this merchant, best saving first."""
         actor = actor_of(identity)
-        merchant_id = parse_id_str(data.merchant_id)
-        if merchant_id is None:
-            raise InvalidRequest("merchant_id: must be a merchant id")
+        merchant_id = body_id(data.merchant_id, "merchant_id: must be a merchant id")
         items = _items(data.items) or []
         now = _now()
         amount, found = await coupon_service.quote(kernel, actor.user_id, merchant_id, items, now)
@@ -342,6 +347,46 @@ def _client_ip(request: Request[Any, Any, Any], kernel: Kernel) -> str:
     return web.client_ip(request.scope, coupon_service.claim_guards(kernel).trusted_proxies)
 
 
+class ClaimService(Protocol):
+    """The shape of the two claim use cases (:func:`coupon_service.claim_template`, ``claim_flash``)."""
+
+    def __call__(
+        self,
+        kernel: Kernel,
+        actor: coupon_service.Actor,
+        target_id: int,
+        /,
+        *,
+        ip: str,
+        idempotency_key: str | None,
+        now: datetime,
+    ) -> Awaitable[coupon_service.CouponRecord]: ...
+
+
+async def _claim(
+    request: Request[Any, Any, Any],
+    claim: ClaimService,
+    target_id: str,
+    what: str,
+    idempotency_key: str | None,
+) -> schemas.Coupon:
+    """One claim as both claim endpoints answer it: 401 without a valid token, 403 for other roles than
+    ``runner``, 404 for a path id naming no ``what``, then whatever ``claim`` decides."""
+    # The checks keep the order the two handlers had on their own: role, then the path id.
+    identity = web.require_role(web.identity_of(request), "runner")
+    kernel: Kernel = request.app.state.kernel
+    now = _now()
+    record = await claim(
+        kernel,
+        actor_of(identity),
+        path_id(target_id, what),
+        ip=_client_ip(request, kernel),
+        idempotency_key=idempotency_key,
+        now=now,
+    )
+    return coupon_out(record, now)
+
+
 class ClaimController(Controller):
     """Claims (template and flash), flash sessions and the claim deny list."""
 
@@ -359,27 +404,14 @@ class ClaimController(Controller):
     ) -> schemas.Coupon:
         """Claim one coupon of a ``claim`` template (runners). A repeated ``Idempotency-Key`` returns the
         first claim."""
-        identity = web.require_role(web.identity_of(request), "runner")
-        kernel: Kernel = request.app.state.kernel
-        now = _now()
-        record = await coupon_service.claim_template(
-            kernel,
-            actor_of(identity),
-            path_id(template_id, "coupon template"),
-            ip=_client_ip(request, kernel),
-            idempotency_key=idempotency_key,
-            now=now,
-        )
-        return coupon_out(record, now)
+        return await _claim(request, coupon_service.claim_template, template_id, "coupon template", idempotency_key)
 
     @post("/flash-sessions", guards=[roles("operator")], status_code=201)
     async def create_flash_session(
         self, data: JSONBody[schemas.FlashSessionCreate], identity: Identity, kernel: Kernel
     ) -> schemas.FlashSession:
         """Create a flash session of a platform ``claim`` template; its stock leaves the template's pool."""
-        template_id = parse_id_str(data.template_id)
-        if template_id is None:
-            raise InvalidRequest("template_id: must be a template id")
+        template_id = body_id(data.template_id, "template_id: must be a template id")
         new = coupon_service.NewFlashSession(
             template_id=template_id, starts_at=data.starts_at, ends_at=data.ends_at, stock=data.stock
         )
@@ -401,27 +433,14 @@ class ClaimController(Controller):
     ) -> schemas.Coupon:
         """Grab one coupon of a flash session (runners). A repeated ``Idempotency-Key`` returns the first
         claim."""
-        identity = web.require_role(web.identity_of(request), "runner")
-        kernel: Kernel = request.app.state.kernel
-        now = _now()
-        record = await coupon_service.claim_flash(
-            kernel,
-            actor_of(identity),
-            path_id(session_id, "flash session"),
-            ip=_client_ip(request, kernel),
-            idempotency_key=idempotency_key,
-            now=now,
-        )
-        return coupon_out(record, now)
+        return await _claim(request, coupon_service.claim_flash, session_id, "flash session", idempotency_key)
 
     @post("/claim-denylist", guards=[roles("operator")], status_code=201)
     async def deny(
         self, data: JSONBody[schemas.DenylistCreate], identity: Identity, kernel: Kernel
     ) -> schemas.DenylistEntry:
         """Bar an account from claiming coupons (checked before every claim)."""
-        user_id = parse_id_str(data.user_id)
-        if user_id is None:
-            raise InvalidRequest("user_id: must be an account id")
+        user_id = body_id(data.user_id, "user_id: must be an account id")
         row = await coupon_service.deny_claims(kernel, actor_of(identity), user_id, data.reason.strip())
         return _denial_out(row)
 
