@@ -35,15 +35,9 @@ from coupon.service._persist import ReconcileReport, handle_claims, persist_clai
 from coupon.service._pools import claim_store, create_pool, ensure_pool
 from coupon.service._quotes import CouponQuote, order_amount, quote
 from coupon.service._records import Actor, CouponRecord, TemplateRecord, WalletPage, system_actor
-from coupon.service._redeem import (
-    RedeemRequest,
-    RedemptionPreview,
-    RedemptionResult,
-    UnknownCode,
-    preview_redemption,
-    redeem,
-    reverse,
-)
+from coupon.service._redeem import RedeemRequest, RedemptionResult, redeem
+from coupon.service._redeem_checks import RedemptionPreview, UnknownCode, preview_redemption
+from coupon.service._reversal import reverse
 from coupon.service._templates import (
     NewTemplate,
     Stats,
