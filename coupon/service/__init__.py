@@ -19,20 +19,12 @@ from coupon.service._flash import (
     require_session,
     sessions_of_day,
 )
-from coupon.service._issue import (
-    Issued,
-    IssueOutcome,
-    IssueRequest,
-    IssueResult,
-    PremadeCoupon,
-    issue_coupon,
-    issue_premade,
-    new_identifiers,
-)
+from coupon.service._issue import IssueOutcome, IssueRequest, IssueResult, issue_coupon, new_identifiers
 from coupon.service._lifecycle import expire_due, get_coupon, set_frozen
 from coupon.service._persist import CONSUMER as CLAIMS_CONSUMER
 from coupon.service._persist import ReconcileReport, handle_claims, persist_claims, reconcile, stored_ids
 from coupon.service._pools import claim_store, create_pool, ensure_pool
+from coupon.service._premade import Issued, PremadeCoupon, issue_premade
 from coupon.service._quotes import CouponQuote, order_amount, quote
 from coupon.service._records import Actor, CouponRecord, TemplateRecord, WalletPage, system_actor
 from coupon.service._redeem import RedeemRequest, RedemptionResult, redeem

@@ -1,6 +1,6 @@
 """Writing accepted claims to PostgreSQL: the claim consumer's batches and the reconciler.
 
-A batch is one transaction (:func:`coupon.service._issue.issue_premade`): coupons inserted
+A batch is one transaction (:func:`coupon.service._premade.issue_premade`): coupons inserted
 ``ON CONFLICT DO NOTHING`` (idempotent on the coupon id, so a redelivered or re-sent claim is written
 once), ``assigned`` bumped once per template, audit rows. Only after the commit are the coupon ids
 dropped from their pool's pending set and the wallets invalidated; a process killed in between
@@ -27,7 +27,7 @@ from coupon import models
 from coupon import store as coupon_store
 from coupon.service import _coupons, _pools
 from coupon.service._claims import claim_event, ms_to_datetime
-from coupon.service._issue import PremadeCoupon, issue_premade
+from coupon.service._premade import PremadeCoupon, issue_premade
 from coupon.service._records import TemplateRecord, system_actor
 from coupon.service._templates import get_template
 from coupon.service._wallet import invalidate_new_coupons
