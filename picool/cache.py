@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar, cast
@@ -24,7 +22,7 @@ from cachetools import TTLCache
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-log = logging.getLogger("picool.cache")
+from picool.subscriber import Subscriber
 
 T = TypeVar("T")
 CHANNEL = "picool:cache:invalidate"
@@ -59,7 +57,10 @@ class CacheBus:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._caches: dict[str, TwoLevelCache[Any]] = {}
-        self._task: asyncio.Task[None] | None = None
+        # Lost invalidations cannot be replayed: every local copy goes when the subscription drops.
+        self._subscriber = Subscriber(
+            redis, CHANNEL, self._on_message, on_lost=self._clear_all, on_subscribed=self._cleared_all, name="cache-bus"
+        )
         self.set_if_gen = redis.register_script(_SET_IF_GEN)
         self.invalidate_script = redis.register_script(_INVALIDATE)
 
@@ -69,38 +70,24 @@ class CacheBus:
 
     async def start(self) -> None:
         """Subscribe (returns once the subscription is live)."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(CHANNEL)
-        self._task = asyncio.create_task(self._listen(pubsub), name="cache-bus")
+        await self._subscriber.start()
 
-    async def _listen(self, pubsub: Any) -> None:
-        try:
-            while True:
-                try:
-                    msg = await pubsub.get_message(timeout=1.0)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.warning("cache bus lost Redis; clearing local caches", exc_info=True)
-                    for c in self._caches.values():
-                        c.clear_local()
-                    await asyncio.sleep(0.5)
-                    with contextlib.suppress(Exception):
-                        await pubsub.subscribe(CHANNEL)
-                    continue
-                if msg is None or msg.get("type") != "message":
-                    continue
-                data = msg["data"]
-                name, _, key = (data.decode() if isinstance(data, bytes) else str(data)).partition("\x00")
-                cache = self._caches.get(name)
-                if cache is not None:
-                    if key == "*":
-                        cache.clear_local()
-                    else:
-                        cache.drop_local(key)
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+    def _clear_all(self) -> None:
+        for c in self._caches.values():
+            c.clear_local()
+
+    async def _cleared_all(self) -> None:
+        # Subscribed again: invalidations published while we were away are lost, so drop what we keep.
+        self._clear_all()
+
+    async def _on_message(self, text: str) -> None:
+        name, _, key = text.partition("\x00")
+        cache = self._caches.get(name)
+        if cache is not None:
+            if key == "*":
+                cache.clear_local()
+            else:
+                cache.drop_local(key)
 
     async def publish(self, name: str, key: str) -> None:
         """Tell every process to drop ``name:key`` from its local cache."""
@@ -108,11 +95,7 @@ class CacheBus:
 
     async def stop(self) -> None:
         """Unsubscribe."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        await self._subscriber.stop()
 
 
 class CacheStats:
