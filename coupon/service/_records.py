@@ -11,6 +11,8 @@ import msgspec
 from coupon import domain as coupon_domain
 
 
+# Its fields mirror schemas.Template on purpose: this is the cached form (int ids) and that the public
+# API's (string ids); a shared base would tie the cache format to the API and reorder the JSON keys.
 class TemplateRecord(msgspec.Struct, frozen=True, kw_only=True):
     """A coupon template as stored, without its counters (those change often and are read exactly)."""
 
