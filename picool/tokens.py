@@ -7,18 +7,20 @@ refetches it only when a token names an unknown ``kid`` (at most once per ``refe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache
 from jwt import PyJWK
 from redis.asyncio import Redis
+
+from picool.subscriber import Subscriber
 
 log = logging.getLogger("picool.tokens")
 
@@ -28,6 +30,8 @@ AUDIENCE_COUPON = "picool-coupon"
 AUDIENCE_AUTH = "picool-auth"
 ALL_AUDIENCES = [AUDIENCE_AUTH, AUDIENCE_RUN, AUDIENCE_COUPON]
 ROLES = ("runner", "merchant", "operator", "service")
+
+_PRUNE_MIN = 1024  # a denylist copy this small is never swept for expired entries
 
 JwksSource = Callable[[], Awaitable[Mapping[str, Any]]]
 
@@ -64,97 +68,141 @@ class Denylist:
     """Revoked token ids, refresh-token families and accounts, kept in Redis until the tokens expire.
 
     Every authenticated request asks it, so once :meth:`start` has subscribed this process to the
-    revocation channel, it keeps recent "not revoked" answers for up to ``local_ttl_s`` and forgets all of
-    them whenever any process revokes something (:meth:`deny` publishes a notice) or the subscription
-    drops. A revocation thus reaches every process within the pub/sub delay; this process sees its own at
-    once. Without a live subscription every check asks Redis.
+    revocation channel it keeps a copy of every live denial and answers from memory. The copy is small:
+    a denial lives only as long as the access tokens it covers (minutes). On every (re)subscription it is
+    loaded from Redis afresh, *after* subscribing, so no change can fall between the two; each
+    :meth:`deny` and :meth:`allow`, in any process, publishes a notice that keeps every copy current,
+    and an entry leaves the copy when its Redis key expires. A revocation thus reaches every process
+    within the pub/sub delay; this process sees its own at once. Without a live subscription every check
+    asks Redis.
     """
 
     PREFIX = "picool:deny:"
     CHANNEL = "picool:deny:notices"
 
-    def __init__(self, redis: Redis, *, local_ttl_s: float = 5.0, local_max: int = 50_000) -> None:
+    def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._clear: TTLCache[tuple[str, str | None, str], bool] | None = (
-            TTLCache(maxsize=local_max, ttl=local_ttl_s) if local_ttl_s > 0 else None
-        )
-        self._generation = 0  # bumped by every forget, so an answer read before a revocation is not kept
-        self._listening = False
-        self._task: asyncio.Task[None] | None = None
+        # "kind:value" -> the time.monotonic() at which its Redis key expires; None while not kept.
+        self._denied: dict[str, float] | None = None
+        self._prune_at = _PRUNE_MIN
+        self._subscriber: Subscriber | None = None
 
-    def _forget(self) -> None:
-        self._generation += 1
-        if self._clear is not None:
-            self._clear.clear()
+    @property
+    def mirrored(self) -> bool:
+        """True while checks are answered from this process's copy (no Redis round trip)."""
+        return self._denied is not None and self._subscriber is not None and self._subscriber.listening
 
     async def deny(self, kind: str, value: str, ttl_s: int) -> None:
         """Refuse tokens whose ``kind`` (jti | fam | sub) equals ``value`` for ``ttl_s`` seconds."""
-        await self.redis.set(f"{self.PREFIX}{kind}:{value}", b"1", ex=max(1, ttl_s))
-        self._forget()
-        await self.redis.publish(self.CHANNEL, f"{kind}:{value}")
+        entry = f"{kind}:{value}"
+        ttl_ms = max(1, ttl_s) * 1000
+        # One transaction: every process hears of the changes to a key in the order they were made.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.PREFIX + entry, b"1", px=ttl_ms)
+            pipe.publish(self.CHANNEL, f"deny {ttl_ms} {entry}")
+            await pipe.execute()
+        self._add(entry, ttl_ms)
 
     async def allow(self, kind: str, value: str) -> None:
-        """Lift a denial (e.g. an account unfrozen)."""
-        await self.redis.delete(f"{self.PREFIX}{kind}:{value}")
+        """Lift a denial (e.g. an account unfrozen), in every process."""
+        entry = f"{kind}:{value}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.PREFIX + entry)
+            pipe.publish(self.CHANNEL, f"allow {entry}")
+            await pipe.execute()
+        if self._denied is not None:
+            self._denied.pop(entry, None)
 
     async def is_denied(self, jti: str, family_id: str | None, sub: str) -> bool:
         """True when the token, its family or its subject has been revoked."""
-        key = (jti, family_id, sub)
-        if self._clear is not None and self._clear.get(key):
+        denied = self._denied
+        if denied is not None and self._subscriber is not None and self._subscriber.listening:
+            now = time.monotonic()
+            entries = (f"jti:{jti}", f"sub:{sub}", f"fam:{family_id}") if family_id else (f"jti:{jti}", f"sub:{sub}")
+            for entry in entries:
+                until = denied.get(entry)
+                if until is not None:
+                    if until > now:
+                        return True
+                    del denied[entry]  # expired in Redis too
             return False
-        generation = self._generation
         keys = [f"{self.PREFIX}jti:{jti}", f"{self.PREFIX}sub:{sub}"]
         if family_id:
             keys.append(f"{self.PREFIX}fam:{family_id}")
         values = await self.redis.mget(keys)
-        denied = any(v is not None for v in values)
-        if not denied and self._clear is not None and self._listening and generation == self._generation:
-            self._clear[key] = True
-        return denied
+        return any(v is not None for v in values)
 
     async def start(self) -> None:
-        """Subscribe to revocation notices (returns once the subscription is live) and keep answers locally."""
-        if self._clear is None or self._task is not None:
+        """Subscribe to revocation notices and load every live denial (returns once checks need no Redis)."""
+        if self._subscriber is not None:
             return
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self.CHANNEL)
-        self._listening = True
-        self._task = asyncio.create_task(self._listen(pubsub), name="denylist-notices")
-
-    async def _listen(self, pubsub: Any) -> None:
-        try:
-            while True:
-                try:
-                    msg = await pubsub.get_message(timeout=1.0)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    # Notices may have been missed: stop keeping answers until subscribed again.
-                    log.warning("denylist notices lost Redis; asking Redis on every check", exc_info=True)
-                    self._listening = False
-                    self._forget()
-                    await asyncio.sleep(0.5)
-                    with contextlib.suppress(Exception):
-                        await pubsub.subscribe(self.CHANNEL)
-                        self._forget()
-                        self._listening = True
-                    continue
-                if msg is not None and msg.get("type") == "message":
-                    self._forget()
-        finally:
-            self._listening = False
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+        subscriber = Subscriber(
+            self.redis,
+            self.CHANNEL,
+            self._on_notice,
+            on_lost=self._drop,
+            on_subscribed=self._load,
+            name="denylist-notices",
+        )
+        await subscriber.start()
+        self._subscriber = subscriber
 
     async def stop(self) -> None:
         """Unsubscribe; every later check asks Redis."""
-        self._listening = False
-        self._forget()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        if self._subscriber is not None:
+            await self._subscriber.stop()
+            self._subscriber = None
+        self._drop()
+
+    async def _load(self) -> None:
+        # Run by the subscriber right after it (re)subscribed and before it delivers any notice, so
+        # the notices that arrive meanwhile are applied over this snapshot, not under it.
+        self._denied = None  # checks ask Redis meanwhile
+        keys = [k async for k in self.redis.scan_iter(match=self.PREFIX + "*", count=1000)]
+        denied: dict[str, float] = {}
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i : i + 1000]
+            pipe = self.redis.pipeline(transaction=False)
+            for key in chunk:
+                pipe.pttl(key)
+            ttls = await pipe.execute()
+            now = time.monotonic()  # after the answer: a local expiry may come late, never early
+            for key, ttl_ms in zip(chunk, ttls, strict=True):
+                if ttl_ms == -2:
+                    continue  # lifted since the scan
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                denied[name[len(self.PREFIX) :]] = math.inf if ttl_ms < 0 else now + ttl_ms / 1000
+        self._denied = denied
+        self._prune_at = max(_PRUNE_MIN, 2 * len(denied))
+
+    def _drop(self) -> None:
+        self._denied = None
+
+    def _add(self, entry: str, ttl_ms: int) -> None:
+        denied = self._denied
+        if denied is None:
+            return
+        now = time.monotonic()
+        denied[entry] = now + ttl_ms / 1000
+        if len(denied) >= self._prune_at:  # forget expired entries nobody asked about again
+            for gone in [e for e, until in denied.items() if until <= now]:
+                del denied[gone]
+            self._prune_at = max(_PRUNE_MIN, 2 * len(denied))
+
+    async def _on_notice(self, text: str) -> None:
+        verb, _, rest = text.partition(" ")
+        if verb == "deny":
+            ttl_ms, _, entry = rest.partition(" ")
+            if ttl_ms.isdigit() and entry:
+                self._add(entry, int(ttl_ms))
+                return
+        elif verb == "allow" and rest:
+            if self._denied is not None:
+                self._denied.pop(rest, None)
+            return
+        # Not a notice this version writes (an older process's bare "kind:value"): read them all again.
+        log.info("unrecognised denylist notice %r; reloading the denials", text[:100])
+        await self._load()
 
 
 class TokenVerifier:
