@@ -77,21 +77,28 @@ async def _insert_user(session: AsyncSession, user: User) -> None:
         raise EmailTaken("An account with this email already exists.") from exc
 
 
-async def register_runner(
-    session: AsyncSession, email: str, password: str, display_name: str, *, ids: IdSource | None = None
+async def _add_user(
+    session: AsyncSession, acc: NewAccount, role: str, ids: IdSource | None, *, merchant_id: int | None = None
 ) -> User:
-    """Create a runner account. 400 on bad input, 409 ``email_taken`` when the email is in use."""
-    acc = validate_account(email, password, display_name)
+    """A new unfrozen account with ``acc``'s email, display name and (hashed) password; 409 if the email is taken."""
     user = User(
         id=_next_id(session, ids),
         email=acc.email,
         password_hash=await _passwords.hash_password(acc.password),
         display_name=acc.display_name,
-        role=domain.ROLE_RUNNER,
+        role=role,
+        merchant_id=merchant_id,
         frozen=False,
     )
     await _insert_user(session, user)
     return user
+
+
+async def register_runner(
+    session: AsyncSession, email: str, password: str, display_name: str, *, ids: IdSource | None = None
+) -> User:
+    """Create a runner account. 400 on bad input, 409 ``email_taken`` when the email is in use."""
+    return await _add_user(session, validate_account(email, password, display_name), domain.ROLE_RUNNER, ids)
 
 
 async def register_merchant(
@@ -118,20 +125,11 @@ async def register_merchant(
         raise InvalidRequest("location: lat must be in [-90, 90] and lon in [-180, 180]")
     acc = validate_account(email, password, shop)
     merchant = Merchant(id=_next_id(session, ids), name=shop, lat=lat, lon=lon, address=addr, category=cat)
-    user = User(
-        id=_next_id(session, ids),
-        email=acc.email,
-        password_hash=await _passwords.hash_password(acc.password),
-        display_name=shop,
-        role=domain.ROLE_MERCHANT,
-        merchant_id=merchant.id,
-        frozen=False,
-    )
     if await session.scalar(select(User.id).where(User.email == acc.email)) is not None:
         raise EmailTaken("An account with this email already exists.")
     session.add(merchant)
     await session.flush()
-    await _insert_user(session, user)
+    user = await _add_user(session, acc, domain.ROLE_MERCHANT, ids, merchant_id=merchant.id)
     return merchant, user
 
 
@@ -139,16 +137,7 @@ async def create_operator(
     session: AsyncSession, email: str, password: str, display_name: str = "Operator", *, ids: IdSource | None = None
 ) -> str:
     """Create an operator account and return its user id (the caller commits)."""
-    acc = validate_account(email, password, display_name)
-    user = User(
-        id=_next_id(session, ids),
-        email=acc.email,
-        password_hash=await _passwords.hash_password(acc.password),
-        display_name=acc.display_name,
-        role=domain.ROLE_OPERATOR,
-        frozen=False,
-    )
-    await _insert_user(session, user)
+    user = await _add_user(session, validate_account(email, password, display_name), domain.ROLE_OPERATOR, ids)
     return str(user.id)
 
 
