@@ -35,18 +35,61 @@ def server_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{url} exited early:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not ready in {timeout_s}s:\n{log.read_text(errors='replace')[-3000:]}")
+class ServerProcesses:
+    """Child ``picool serve ...`` processes, each logging to a file of its own in ``log_dir``, started and
+    waited for together (several can boot at once), stopped together on the way out (SIGTERM, then
+    SIGKILL after 30 s)."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self._started: list[tuple[subprocess.Popen[bytes], Path, str]] = []
+        self._ready = 0
+
+    def __enter__(self) -> ServerProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, name: str, url: str, *serve_args: str, env: dict[str, str] | None = None) -> None:
+        """``picool serve <serve_args>`` (``env`` instead of the group's), to answer on ``url``."""
+        log = self.log_dir / f"{name}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "picool.cli", "serve", *serve_args],
+            env=self.env if env is None else env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self._started.append((proc, log, url))
+
+    def wait_ready(self, timeout_s: float = 90) -> None:
+        """Return once every process started since the last call answers ``/readyz`` with 200; an
+        AssertionError with the tail of its log if one exits or is not ready within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        for proc, log, url in self._started[self._ready :]:
+            while True:
+                if proc.poll() is not None:
+                    raise AssertionError(f"{url} exited early:\n{log.read_text(errors='replace')[-3000:]}")
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{url} not ready in {timeout_s}s:\n{log.read_text(errors='replace')[-3000:]}")
+                time.sleep(0.2)
+        self._ready = len(self._started)
+
+    def stop(self) -> None:
+        """SIGTERM every process still running, then wait for each (SIGKILL after 30 s)."""
+        for proc, _, _ in self._started:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _, _ in self._started:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @contextlib.contextmanager
@@ -65,22 +108,10 @@ def live_server(settings: Settings, log_dir: Path, **env: str) -> Iterator[str]:
         PICOOL_KAFKA_PARTITIONS="2",
         **env,
     )
-    log = log_dir / f"server-{port}.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "picool.cli", "serve", "all", "--port", str(port)],
-        env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        _wait_ready(url, proc, log)
+    with ServerProcesses(full_env, log_dir) as servers:
+        servers.start(f"server-{port}", url, "all", "--port", str(port))
+        servers.wait_ready()
         yield url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def create_operator(settings: Settings, email: str, password: str) -> None:

@@ -4,11 +4,6 @@ process with a service token it got from the auth process)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,74 +13,36 @@ import pytest
 
 from picool.settings import Settings
 from picool.stack import free_port
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{url} exited early:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not ready:\n{log.read_text(errors='replace')[-3000:]}")
+from tests.live_server import ServerProcesses, server_env
 
 
 @pytest.fixture
 def split_stack(stack_settings: Settings, tmp_path: Path) -> Iterator[str]:
     ports = {name: free_port() for name in ("auth", "run", "coupon", "gateway")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("PICOOL_")}
-    base_env.update(
-        {
-            "PICOOL_ENV": "test",
-            "PICOOL_DATABASE_URL": stack_settings.database_url,
-            "PICOOL_REDIS_URL": stack_settings.redis_url,
-            "PICOOL_KAFKA_BOOTSTRAP": stack_settings.kafka_bootstrap,
-            "PICOOL_KAFKA_TOPIC_PREFIX": f"split{uuid.uuid4().hex[:6]}.",
-            "PICOOL_KAFKA_PARTITIONS": "2",
-            "PICOOL_PUBLIC_URL": urls["gateway"],  # one issuer for every process
-            "PICOOL_TRUSTED_PROXIES": "127.0.0.1",
-            "PICOOL_LOG_LEVEL": "WARNING",
-            "PICOOL_UPSTREAM_AUTH": urls["auth"],
-            "PICOOL_UPSTREAM_RUN": urls["run"],
-            "PICOOL_UPSTREAM_COUPON": urls["coupon"],
-        }
+    env = server_env(
+        stack_settings,
+        PICOOL_KAFKA_TOPIC_PREFIX=f"split{uuid.uuid4().hex[:6]}.",
+        PICOOL_KAFKA_PARTITIONS="2",
+        PICOOL_PUBLIC_URL=urls["gateway"],  # one issuer for every process
+        PICOOL_TRUSTED_PROXIES="127.0.0.1",
+        PICOOL_UPSTREAM_AUTH=urls["auth"],
+        PICOOL_UPSTREAM_RUN=urls["run"],
+        PICOOL_UPSTREAM_COUPON=urls["coupon"],
     )
-    procs: list[tuple[subprocess.Popen[bytes], Path, str]] = []
-    try:
+    with ServerProcesses(env, tmp_path) as servers:
         for name in ("auth", "coupon", "run"):
-            log = tmp_path / f"{name}.log"
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "picool.cli", "serve", name, "--port", str(ports[name])],
-                env=base_env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            )  # fmt: skip
-            procs.append((proc, log, urls[name]))
-        for proc, log, url in procs:
-            _wait_ready(url, proc, log)
-        log = tmp_path / "gateway.log"
-        gw_env = {k: v for k, v in base_env.items() if not k.startswith("PICOOL_UPSTREAM_")}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "picool.cli", "serve", "gateway", "--port", str(ports["gateway"]),
-             "--upstream", f"auth={urls['auth']}", "--upstream", f"run={urls['run']}",
-             "--upstream", f"coupon={urls['coupon']}"],
-            env=gw_env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            servers.start(name, urls[name], name, "--port", str(ports[name]))
+        servers.wait_ready()
+        gw_env = {k: v for k, v in env.items() if not k.startswith("PICOOL_UPSTREAM_")}
+        servers.start(
+            "gateway", urls["gateway"], "gateway", "--port", str(ports["gateway"]),
+            "--upstream", f"auth={urls['auth']}", "--upstream", f"run={urls['run']}",
+            "--upstream", f"coupon={urls['coupon']}",
+            env=gw_env,
         )  # fmt: skip
-        procs.append((proc, log, urls["gateway"]))
-        _wait_ready(urls["gateway"], proc, log)
+        servers.wait_ready()
         yield urls["gateway"]
-    finally:
-        for proc, _, _ in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc, _, _ in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def test_flow_through_split_deployment(split_stack: str, client: httpx.AsyncClient) -> None:
