@@ -1,14 +1,4 @@
-"""A two-level read-through cache: in-process ``cachetools`` in front of Redis in front of the loader.
-
-- Penetration: a loader answer of ``None`` is cached too (a short negative TTL).
-- Avalanche: every TTL gets a random jitter so entries made together do not expire together.
-- Breakdown: one request per process rebuilds a missing entry (a per-key future) and, across
-  processes, one holds a short Redis lock while the others wait briefly for its value.
-- Consistency: :meth:`TwoLevelCache.invalidate` bumps a per-key generation in Redis, deletes the
-  value and tells every process (pub/sub) to drop its local copy. A loader only stores its result
-  if the generation it started with is still current, so a slow reader can never write back a value
-  that a concurrent change already invalidated.
-"""
+"""The two-level cache itself: the local level, the Redis level, the loader, and their invalidation."""
 
 from __future__ import annotations
 
@@ -19,29 +9,12 @@ from typing import Any, Generic, TypeVar, cast
 
 import msgspec
 from cachetools import TTLCache
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from picool.subscriber import Subscriber
+from picool.cache._bus import _INVALIDATE, CHANNEL, CacheBus
 
 T = TypeVar("T")
-CHANNEL = "picool:cache:invalidate"
 _NEGATIVE = b"\x00"
-
-# KEYS: value key, generation key.  ARGV: expected generation, value, ttl ms.
-_SET_IF_GEN = """
-local gen = redis.call('GET', KEYS[2]) or '0'
-if gen ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-"""
-# KEYS: value key, generation key.  Returns the new generation.
-_INVALIDATE = """
-redis.call('DEL', KEYS[1])
-local g = redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], 86400000)
-return g
-"""
 
 
 class _Missing:
@@ -49,53 +22,6 @@ class _Missing:
 
 
 MISSING: Any = _Missing()
-
-
-class CacheBus:
-    """Carries invalidations between processes over one Redis pub/sub channel."""
-
-    def __init__(self, redis: Redis) -> None:
-        self.redis = redis
-        self._caches: dict[str, TwoLevelCache[Any]] = {}
-        # Lost invalidations cannot be replayed: every local copy goes when the subscription drops.
-        self._subscriber = Subscriber(
-            redis, CHANNEL, self._on_message, on_lost=self._clear_all, on_subscribed=self._cleared_all, name="cache-bus"
-        )
-        self.set_if_gen = redis.register_script(_SET_IF_GEN)
-        self.invalidate_script = redis.register_script(_INVALIDATE)
-
-    def attach(self, cache: TwoLevelCache[Any]) -> None:
-        """Deliver invalidations for ``cache.name`` to ``cache``."""
-        self._caches[cache.name] = cache
-
-    async def start(self) -> None:
-        """Subscribe (returns once the subscription is live)."""
-        await self._subscriber.start()
-
-    def _clear_all(self) -> None:
-        for c in self._caches.values():
-            c.clear_local()
-
-    async def _cleared_all(self) -> None:
-        # Subscribed again: invalidations published while we were away are lost, so drop what we keep.
-        self._clear_all()
-
-    async def _on_message(self, text: str) -> None:
-        name, _, key = text.partition("\x00")
-        cache = self._caches.get(name)
-        if cache is not None:
-            if key == "*":
-                cache.clear_local()
-            else:
-                cache.drop_local(key)
-
-    async def publish(self, name: str, key: str) -> None:
-        """Tell every process to drop ``name:key`` from its local cache."""
-        await self.redis.publish(CHANNEL, f"{name}\x00{key}")
-
-    async def stop(self) -> None:
-        """Unsubscribe."""
-        await self._subscriber.stop()
 
 
 class CacheStats:
