@@ -23,8 +23,10 @@ from run.service._context import (
 MAX_NEARBY_LIMIT = 100
 MAX_NEARBY_RADIUS_M = 50_000.0
 # The index may hold a few tasks a read must skip (window closed a moment ago, a change in flight):
-# ask Redis for some more than the page so one round trip usually suffices.
-_HEADROOM = 2
+# ask Redis for a few more than the page so one round trip usually suffices. Every candidate costs
+# Redis and this process work, and the index is kept in step, so the headroom is small; a page that
+# comes up short asks again for four times as many.
+_HEADROOM = 10
 _TRANSITIONS = {("active", "paused"), ("paused", "active"), ("active", "ended"), ("paused", "ended")}
 
 
@@ -143,7 +145,7 @@ class TaskService:
             raise InvalidRequest(f"limit must be between 1 and {MAX_NEARBY_LIMIT}.")
         if not 0 < radius_m <= MAX_NEARBY_RADIUS_M:
             raise InvalidRequest(f"radius_m must be more than 0 and at most {MAX_NEARBY_RADIUS_M:.0f}.")
-        count = limit * _HEADROOM + 10
+        count = limit + _HEADROOM
         while True:
             found = await self.ctx.index.search(lat, lon, radius_m, count)
             tasks = await self.ctx.load_tasks(found.task_ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -183,6 +184,23 @@ async def test_nearby_equals_brute_force_haversine(
     assert [t.id for t in got] == [str(i) for _, i in expected]
     for t, (d, _) in zip(got, expected, strict=True):
         assert t.distance_m == round(d, 1)
+
+
+async def test_nearby_in_a_dense_area_equals_brute_force(client: httpx.AsyncClient, kernel: Kernel) -> None:
+    """The search circle starts small and grows while it holds too few: a dense core, a sparse ring and
+    searches from the core, its edge and the ring still give exactly the brute-force answer."""
+    rng = random.Random(11)
+    lat, lon = 31.2, 121.4
+    rows = [task_row(kernel, *destination(lat, lon, rng.uniform(0, 360), rng.uniform(0, 400))) for _ in range(150)]
+    rows += [task_row(kernel, *destination(lat, lon, rng.uniform(0, 360), rng.uniform(400, 6000))) for _ in range(150)]
+    await insert(kernel, rows)
+    for bearing, dist in ((0, 0), (90, 350), (200, 900), (45, 2500), (300, 5000)):
+        c_lat, c_lon = destination(lat, lon, bearing, dist)
+        for radius, limit in ((3000.0, 20), (3000.0, 1), (800.0, 25), (50_000.0, 5)):
+            got = await tasks_service(kernel).nearby(c_lat, c_lon, radius, limit)
+            expected = sorted((domain.haversine_m(c_lat, c_lon, t.lat, t.lon), t.id) for t in rows)
+            expected = [(d, i) for d, i in expected if d <= radius][:limit]
+            assert [t.id for t in got] == [str(i) for _, i in expected], (bearing, dist, radius, limit)
 
 
 async def test_nearby_reads_past_stale_index_entries(client: httpx.AsyncClient, kernel: Kernel) -> None:
