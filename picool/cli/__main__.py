@@ -1,0 +1,5 @@
+"""``python -m picool.cli``: the ``picool`` command."""
+
+from picool.cli import main
+
+main()
