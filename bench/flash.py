@@ -365,8 +365,21 @@ def main() -> int:
                       f"{len(probe.lags)} seen, {probe.unseen} not within 15 s")  # fmt: skip
             if c == 64:
                 res.target("claims >= 50% of the ceiling (c=64)", row["ratio"] >= 0.5, f"x{row['ratio']:.2f}")
-                res.target("claim p99 < 50 ms at 64 clients", result.percentile(99) < 50,
-                           f"p99 {result.percentile(99):.1f} ms")  # fmt: skip
+                # Latency at a stated throughput. In the closed loop above 64 clients keep 64 claims in flight,
+                # so by Little's law the mean latency is 64 / throughput (> 50 ms below 1,280 claims/s, more
+                # than the ping itself serves here): p99 there says how long the queue is, not how fast a
+                # claim is. So the p99 target is taken with the same 64 connections offering the throughput
+                # target (50 % of the ceiling) on a fixed schedule.
+                offered = 0.5 * ceiling.rps
+                with Sampler(app.pid) as sampler:
+                    paced = load.run(f"claims c={c}, 50% of ceiling offered", app.port, claims, concurrency=c,
+                                     duration_s=seconds, warmup_s=WARMUP_S, rate=offered)  # fmt: skip
+                http_row(res, f"claims c={c}, 50% of ceiling offered", paced, sampler, ceiling_rps=ceiling.rps,
+                         role="claims-paced", offered_rps=round(offered, 1))  # fmt: skip
+                all_ok(res, f"claims c={c} paced", paced, expect=(201,))
+                res.target("claim p99 < 50 ms at 64 clients, 50% of the ceiling offered", paced.percentile(99) < 50,
+                           f"p99 {paced.percentile(99):.1f} ms at {paced.rps:.0f}/s; "
+                           f"saturated (closed loop): p99 {result.percentile(99):.0f} ms")  # fmt: skip
             else:
                 res.target(f"claims >= 50% of the ceiling (c={c})", row["ratio"] >= 0.5, f"x{row['ratio']:.2f}")
             gen_rps = res.extra[f"generator_rps_{c}"]
