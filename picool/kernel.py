@@ -22,7 +22,7 @@ from picool.cache import CacheBus, TwoLevelCache
 from picool.ids import IdGenerator, lease_node_id
 from picool.kafka import ConsumerWorker, KafkaBus
 from picool.outbox import OutboxRelay
-from picool.redis import ScriptRegistry, create_redis
+from picool.redis import ScriptRegistry, create_redis, direct
 from picool.settings import Settings
 from picool.subsystem import Subsystem
 from picool.tokens import ALL_AUDIENCES, Denylist, JwksSource, TokenVerifier, http_jwks_source
@@ -163,6 +163,8 @@ class Kernel:
     async def close_minimal(self) -> None:
         """Undo :meth:`start_minimal`."""
         with contextlib.suppress(Exception):
+            await direct(self.redis).aclose()
+        with contextlib.suppress(Exception):
             await self.redis.aclose()
         await self.engine.dispose()
 
@@ -217,6 +219,8 @@ class Kernel:
             await self.bus.stop()
         await self.cache_bus.stop()
         await self.denylist.stop()
+        with contextlib.suppress(Exception):
+            await direct(self.redis).aclose()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
         await self.engine.dispose()

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from picool.redis import DirectScript, direct
+
 # KEYS[1]: the window set. ARGV: now_ms, window_ms, limit, member.
 # Returns {admitted(0/1), count_after, oldest_ms}.
 _SLIDING = """
@@ -89,14 +91,14 @@ class RateLimiter:
     def __init__(self, redis: Redis, prefix: str = "picool:rl:") -> None:
         self.redis = redis
         self.prefix = prefix
-        self._script = redis.register_script(_SLIDING)
+        self._script = DirectScript(direct(redis), _SLIDING)
 
     async def hit(self, key: str, limit: Limit) -> Decision:
         """Count one request for ``key`` against ``limit``; admitted requests are the only ones counted."""
         now_ms = int(time.time() * 1000)
         window_ms = limit.window_s * 1000
         admitted, count, oldest_ms = await self._script(
-            keys=[f"{self.prefix}{key}"], args=[now_ms, window_ms, limit.limit, f"{now_ms}:{uuid.uuid4().hex[:8]}"]
+            [f"{self.prefix}{key}"], [now_ms, window_ms, limit.limit, _member(now_ms)]
         )
         return _decision(limit, now_ms, admitted, count, oldest_ms)
 
@@ -106,29 +108,28 @@ class RateLimiter:
         if not checks:
             return []
         now_ms = int(time.time() * 1000)
-        for attempt in range(2):
-            # Plain EVALSHA, not the Script object: a pipeline holding Script objects sends SCRIPT EXISTS
-            # before every execute, one more round trip than the pipeline is meant to save.
-            pipe = self.redis.pipeline(transaction=False)
-            for key, limit in checks:
-                member = f"{now_ms}:{uuid.uuid4().hex[:8]}"
-                pipe.evalsha(
-                    self._script.sha, 1, f"{self.prefix}{key}", now_ms, limit.window_s * 1000, limit.limit, member
-                )
-            try:
-                replies = await pipe.execute()
-            except NoScriptError:
-                if attempt:
-                    raise
-                await self.redis.script_load(_SLIDING)  # Redis restarted: nothing ran, load it and go again
-                continue
-            break
+        commands = [
+            self._script.command([f"{self.prefix}{key}"], [now_ms, limit.window_s * 1000, limit.limit, _member(now_ms)])
+            for key, limit in checks
+        ]
+        try:
+            replies = await self._script.direct.execute_many(commands)
+        except NoScriptError:  # Redis restarted: nothing ran, load it and go again
+            await self._script.load()
+            replies = await self._script.direct.execute_many(commands)
         return [_decision(limit, now_ms, *reply) for (_key, limit), reply in zip(checks, replies, strict=True)]
+
+
+def _member(now_ms: int) -> str:
+    # A unique member per request: two requests in the same millisecond must both count.
+    return f"{now_ms}:{uuid.uuid4().hex[:8]}"
 
 
 def _decision(limit: Limit, now_ms: int, admitted: int, count: int, oldest_ms: int) -> Decision:
     window_ms = limit.window_s * 1000
-    reset_ms = max(0, int(oldest_ms) + window_ms - now_ms)
+    # Clamped to the window: a request counted by a concurrent caller whose clock read came a moment later
+    # than ours can sit a millisecond in our future.
+    reset_ms = min(window_ms, max(0, int(oldest_ms) + window_ms - now_ms))
     reset_s = max(1, math.ceil(reset_ms / 1000))
     return Decision(
         allowed=bool(admitted),

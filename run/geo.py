@@ -22,6 +22,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from picool.redis import DirectScript, direct
 from run import domain
 from run.schemas import MAX_TASK_LAT
 
@@ -121,7 +122,7 @@ class TaskIndex:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._apply = redis.register_script(_APPLY)
-        self._search = redis.register_script(_SEARCH)
+        self._search = DirectScript(direct(redis), _SEARCH)
 
     async def apply(self, entries: Iterable[IndexEntry]) -> None:
         """Bring the index in step with ``entries`` (older versions than already applied are ignored)."""
@@ -163,9 +164,8 @@ class TaskIndex:
                 GEO_KEY, longitude=redis_lon(lon), latitude=lat, radius=redis_radius, unit="m", withdist=True
             )
         else:
-            rows = await self._search(
-                keys=[GEO_KEY], args=[repr(redis_lon(lon)), repr(lat), repr(redis_radius), FIRST_RADIUS_M, count]
-            )
+            args = [repr(redis_lon(lon)), repr(lat), repr(redis_radius), FIRST_RADIUS_M, count]
+            rows = await self._search([GEO_KEY], args)
         return [(m, float(d)) for m, d in rows]
 
     async def members(self) -> set[int]:

@@ -1,10 +1,14 @@
-"""The Redis client: a burst of concurrent commands beyond the pool size waits for connections, never fails."""
+"""The Redis client: a burst of concurrent commands beyond the pool size waits for connections, never fails;
+the direct path for hot commands gives the same replies and keeps its connections clean."""
 
 from __future__ import annotations
 
 import asyncio
 
-from picool.redis import create_redis
+import pytest
+from redis.exceptions import ResponseError
+
+from picool.redis import DirectRedis, DirectScript, create_redis, direct
 from picool.settings import Settings
 
 
@@ -22,4 +26,62 @@ async def test_a_burst_beyond_the_pool_waits_for_connections(stack_settings: Set
         results = await asyncio.gather(*(transaction(k) for k in range(100)))
         assert [int(r[1]) for r in results] == list(range(100))  # type: ignore[call-overload]
     finally:
+        await redis.aclose()
+
+
+async def test_direct_commands_pipelines_and_errors(stack_settings: Settings) -> None:
+    redis = create_redis(stack_settings)
+    d = direct(redis)
+    try:
+        assert direct(redis) is d  # one per client
+        await d.execute("SET", "test:direct:a", "1", "EX", 60)
+        assert await d.execute("GET", "test:direct:a") == b"1"
+        assert await d.execute_many([["INCR", "test:direct:a"], ["GET", "test:direct:a"], ["PING"]]) == [
+            2,
+            b"2",
+            b"PONG",  # replies as Redis sends them (no response callbacks)
+        ]
+        # An error reply in the middle is raised once every reply has been read: the next command on the
+        # same connection gets its own reply, not a leftover.
+        with pytest.raises(ResponseError):
+            await d.execute_many([["INCR", "test:direct:a"], ["LPUSH", "test:direct:a", "x"], ["GET", "test:direct:a"]])
+        assert await d.execute("GET", "test:direct:a") == b"3"
+    finally:
+        await d.aclose()
+        await redis.aclose()
+
+
+async def test_direct_script_reloads_after_a_flush_and_survives_a_killed_connection(stack_settings: Settings) -> None:
+    redis = create_redis(stack_settings)
+    d = direct(redis)
+    script = DirectScript(d, "return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    try:
+        await redis.delete("test:direct:s")
+        assert await script(["test:direct:s"], [2]) == 2
+        await redis.script_flush()
+        assert await script(["test:direct:s"], [3]) == 5  # NOSCRIPT: loaded again, ran once
+        # Redis drops every normal client connection (a restart or a failover looks the same to a client):
+        # the next command goes out on a fresh connection.
+        await redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        assert await script(["test:direct:s"], [1]) == 6
+    finally:
+        await d.aclose()
+        await redis.aclose()
+
+
+async def test_a_cancelled_command_does_not_leave_its_reply_behind(stack_settings: Settings) -> None:
+    redis = create_redis(stack_settings)
+    d = DirectRedis(redis, max_connections=1)  # one connection: the next command would read a stale reply
+    try:
+        task = asyncio.create_task(d.execute("BLPOP", "test:direct:nothing", 0.5))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await redis.rpush("test:direct:nothing", "late")
+        await asyncio.sleep(0.6)
+        assert await d.execute("PING") == b"PONG"
+        assert await d.execute("LPOP", "test:direct:nothing") == b"late"
+    finally:
+        await d.aclose()
         await redis.aclose()
