@@ -12,6 +12,7 @@ from cachetools import TTLCache
 from redis.exceptions import NoScriptError
 
 from picool.cache._bus import _INVALIDATE, CHANNEL, CacheBus
+from picool.redis import direct
 
 T = TypeVar("T")
 _NEGATIVE = b"\x00"
@@ -101,7 +102,7 @@ class TwoLevelCache(Generic[T]):
     async def _fill(self, key: str, loader: Callable[[], Awaitable[T | None]]) -> T | None:
         rkey = self._k(key)
         gkey = rkey + ":gen"
-        raw, gen = await self.redis.mget(rkey, gkey)
+        raw, gen = await direct(self.redis).execute("MGET", rkey, gkey)
         if raw is not None:
             self.stats.redis_hits += 1
             value = None if raw == _NEGATIVE else self._decoder.decode(cast(bytes, raw))
@@ -186,10 +187,7 @@ class TwoLevelCache(Generic[T]):
     ) -> dict[str, Any]:
         rkeys = [self._k(k) for k in keys]
         # One MGET per entry (value and generation share a hash tag), pipelined: fine on Redis Cluster too.
-        pipe = self.redis.pipeline(transaction=False)
-        for rkey in rkeys:
-            pipe.mget(rkey, rkey + ":gen")
-        rows = await pipe.execute()
+        rows = await direct(self.redis).execute_many([("MGET", rkey, rkey + ":gen") for rkey in rkeys])
         found: dict[str, Any] = {}
         missing: list[tuple[str, str, Any]] = []
         for key, rkey, (raw, gen) in zip(keys, rkeys, rows, strict=True):
