@@ -233,27 +233,20 @@ class TwoLevelCache(Generic[T]):
             return
         for key in keys:
             self.local.pop(key, None)
-        for attempt in range(2):
-            # Plain EVALSHA, not the Script object: a pipeline holding Script objects sends SCRIPT EXISTS
-            # before every execute, one more round trip than the pipeline is meant to save.
-            pipe = self.redis.pipeline(transaction=False)
-            for key in keys:
-                rkey = self._k(key)
-                pipe.evalsha(self.bus.invalidate_script.sha, 2, rkey, rkey + ":gen")
-            if len(keys) > clear_above:
-                pipe.publish(CHANNEL, f"{self.name}\x00*")
-            else:
-                for key in keys:
-                    pipe.publish(CHANNEL, f"{self.name}\x00{key}")
-            try:
-                await pipe.execute()
-            except NoScriptError:
-                if attempt:
-                    raise
-                # Redis restarted and lost the script: load it and go again (a second bump is harmless).
-                await self.redis.script_load(_INVALIDATE)
-                continue
-            return
+        commands: list[tuple[Any, ...]] = []
+        for key in keys:
+            rkey = self._k(key)
+            commands.append(("EVALSHA", self.bus.invalidate_script.sha, 2, rkey, rkey + ":gen"))
+        if len(keys) > clear_above:
+            commands.append(("PUBLISH", CHANNEL, f"{self.name}\x00*"))
+        else:
+            commands += [("PUBLISH", CHANNEL, f"{self.name}\x00{key}") for key in keys]
+        try:
+            await direct(self.redis).execute_many(commands)
+        except NoScriptError:
+            # Redis restarted and lost the script: load it and go again (a second bump is harmless).
+            await self.redis.script_load(_INVALIDATE)
+            await direct(self.redis).execute_many(commands)
 
     async def set(self, key: str, value: T) -> None:
         """Write a freshly computed value through both levels."""
