@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from redis.exceptions import ResponseError
 
-from picool.redis import DirectRedis, DirectScript, create_redis, direct
+from picool.redis import DirectRedis, DirectScript, create_redis, direct, pack
 from picool.settings import Settings
 
 
@@ -82,6 +82,35 @@ async def test_a_cancelled_command_does_not_leave_its_reply_behind(stack_setting
         await asyncio.sleep(0.6)
         assert await d.execute("PING") == b"PONG"
         assert await d.execute("LPOP", "test:direct:nothing") == b"late"
+    finally:
+        await d.aclose()
+        await redis.aclose()
+
+
+def test_pack_matches_redis_py() -> None:
+    from redis.asyncio.connection import Connection
+
+    commands = [
+        ("EVALSHA", "ab" * 20, 2, "k:{x}", b"k:\x00bin", 1_700_000_000_123, 0.1, -3, "žluť"),
+        ("MGET", "a", "b"),
+        ("PING",),
+    ]
+    assert pack(commands) == b"".join(Connection().pack_commands(commands))
+    for bad in (None, True, [1]):
+        with pytest.raises(TypeError):
+            pack([("SET", "k", bad)])
+
+
+async def test_one_deadline_per_exchange(stack_settings: Settings) -> None:
+    redis = create_redis(stack_settings)
+    d = DirectRedis(redis, max_connections=1)
+    d._timeout_s = 0.2
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):
+            await d.execute("BLPOP", "test:direct:never", 2)  # blocks longer than the deadline, every try
+        assert asyncio.get_running_loop().time() - started < 1.5
+        assert await d.execute("PING") == b"PONG"  # the timed-out connections were dropped, not reused
     finally:
         await d.aclose()
         await redis.aclose()
