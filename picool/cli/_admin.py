@@ -30,7 +30,28 @@ def migrate(data_dir: str) -> None:
     _echo("migrations applied.")
 
 
-@main.group()
+class _AdminGroup(click.Group):
+    """``picool admin``: the subsystems' commands join it when it is first used, not when this module is
+    imported (a subsystem's app module imports ``run_admin`` from ``picool.cli``; registering at import
+    time found it half-imported whenever it was imported first, and its commands went missing)."""
+
+    _registered = False
+
+    def _register(self) -> None:
+        if not self._registered:
+            self._registered = True
+            register_admin_commands(self)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._register()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._register()
+        return super().list_commands(ctx)
+
+
+@main.group(cls=_AdminGroup)
 @click.option("--data-dir", default=".picool", show_default=True, type=click.Path(file_okay=False))
 @click.pass_context
 def admin(ctx: click.Context, data_dir: str) -> None:
@@ -67,12 +88,13 @@ def run_admin(fn: Callable[[Any], Awaitable[T]], *, kafka: bool = False) -> T:
         return asyncio.run(go())
 
 
-def register_admin_commands() -> None:
-    """Add the subsystems' ``admin_commands()`` to ``picool admin``."""
+def register_admin_commands(group: click.Group | None = None) -> None:
+    """Add the subsystems' ``admin_commands()`` to ``picool admin`` (done on its first use)."""
+    group = group or admin
     for modname in SUBSYSTEM_MODULES:
         try:
             mod = importlib.import_module(modname)
         except ImportError:  # pragma: no cover - a subsystem not installed
             continue
         for cmd in getattr(mod, "admin_commands", lambda: [])():
-            admin.add_command(cmd)
+            group.add_command(cmd)
