@@ -35,7 +35,10 @@ def summarize(raw_path: str, top: int = 40) -> str:
             stack, _, n = line.rstrip("\n").rpartition(" ")
             if not stack:
                 continue
-            count = int(n)
+            try:
+                count = int(n)
+            except ValueError:  # a frame name with a line break in it (py-spy prints source text)
+                continue
             total += count
             frames = stack.split(";")
             for fr in set(frames):
