@@ -45,7 +45,8 @@ class DirectRedis:
 
     Through redis-py's client a command pays its pool (a lock, a timeout, observability hooks), its retry
     and argument layers, a task per write (``wait_for``) and a timeout context per read; measured here,
-    one EVALSHA costs 107 us of CPU that way and 44 us this way, two in a pipeline 156 us and 48 us.
+    one EVALSHA costs 107-179 us of CPU that way and 44-58 us this way, two in a pipeline 156-262 us and
+    48-57 us (``uv run python bench/redis_client.py``, several runs).
     This keeps its own small set of connections, made with the client pool's settings (address, health
     checks) but one deadline per exchange instead of per-socket-operation timeouts, packs commands itself
     (:func:`pack`) and reads the replies with redis-py's parser. A connection that fails, times out or is
