@@ -20,7 +20,7 @@ from coupon import models
 from coupon import service as coupon_service
 from picool import events, outbox
 from picool.ids import parse_id_str
-from picool.kafka import Message
+from picool.kafka import Message, payloads
 from picool.kernel import Kernel
 
 log = logging.getLogger("coupon.events")
@@ -92,15 +92,7 @@ async def handle_run_completed(kernel: Kernel, messages: list[Message]) -> None:
 
     A crash mid-batch leaves the handled events recorded; the replayed batch skips them.
     """
-    for m in messages:
-        env = m.envelope
-        if env.type != "RunCompletedV1":
-            continue
-        try:
-            ev = events.decode_payload(env)
-        except Exception:
-            log.error("undecodable RunCompletedV1 %s at %s:%s@%s; skipped", env.id, m.topic, m.partition, m.offset)
-            continue
+    for env, ev in payloads(messages, "RunCompletedV1", log):
         runner = await reward_run(kernel, env.id, ev)
         if runner is not None:
             await coupon_service.invalidate_wallets(kernel, [runner])

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from picool.events import Envelope, decode_envelope
+from picool.events import Envelope, decode_envelope, decode_payload
 from picool.settings import Settings
 
 log = logging.getLogger("picool.kafka")
@@ -25,6 +26,21 @@ class Message:
     partition: int
     offset: int
     envelope: Envelope
+
+
+def payloads(messages: Iterable[Message], type_name: str, logger: logging.Logger) -> Iterator[tuple[Envelope, Any]]:
+    """The envelopes of ``type_name`` among ``messages`` with their typed payloads. One that cannot be decoded
+    is logged on ``logger`` and skipped: a poison message must not stop its consumer group."""
+    for m in messages:
+        env = m.envelope
+        if env.type != type_name:
+            continue
+        try:
+            payload = decode_payload(env)
+        except Exception:
+            logger.error("undecodable %s %s at %s:%s@%s; skipped", type_name, env.id, m.topic, m.partition, m.offset)
+            continue
+        yield env, payload
 
 
 class KafkaBus:

@@ -33,7 +33,7 @@ from coupon.service._templates import get_template
 from coupon.service._wallet import invalidate_new_coupons
 from picool import events, ids
 from picool.ids import parse_id_str
-from picool.kafka import Message
+from picool.kafka import Message, payloads
 from picool.kernel import Kernel
 
 log = logging.getLogger("coupon.claims")
@@ -149,15 +149,7 @@ def _check(c: PremadeCoupon) -> None:
 async def handle_claims(kernel: Kernel, messages: Sequence[Message]) -> int:
     """The claim consumer's batch handler: every ``CouponClaimedV1`` of the batch in one transaction."""
     claims: list[PremadeCoupon] = []
-    for m in messages:
-        env = m.envelope
-        if env.type != "CouponClaimedV1":
-            continue
-        try:
-            ev = events.decode_payload(env)
-        except Exception:
-            log.error("undecodable CouponClaimedV1 %s at %s:%s@%s; skipped", env.id, m.topic, m.partition, m.offset)
-            continue
+    for env, ev in payloads(messages, "CouponClaimedV1", log):
         claim = from_event(ev)
         if claim is None:
             log.error("malformed CouponClaimedV1 %s; skipped", env.id)
