@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -50,15 +51,7 @@ def verify_config_from(extra: Any) -> domain.VerifyConfig:
         raise ValueError(f"PICOOL_RUN_MAX_SPEED_MPS / PICOOL_RUN_SPEED_WINDOW_S must be numbers: {exc}") from exc
     if not (math.isfinite(max_speed) and max_speed > 0 and math.isfinite(window) and window > 0):
         raise ValueError("PICOOL_RUN_MAX_SPEED_MPS and PICOOL_RUN_SPEED_WINDOW_S must be positive")
-    return domain.VerifyConfig(
-        max_speed_mps=max_speed,
-        speed_window_s=window,
-        max_gap_s=default.max_gap_s,
-        max_gap_jump_m=default.max_gap_jump_m,
-        min_points=default.min_points,
-        min_step_m=default.min_step_m,
-        smooth_window_s=default.smooth_window_s,
-    )
+    return dataclasses.replace(default, max_speed_mps=max_speed, speed_window_s=window)
 
 
 # Columns an index entry is built from; every UPDATE of a task returns them.
