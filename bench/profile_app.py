@@ -6,6 +6,7 @@ its time goes: inclusive share per function, and the hottest self-time frames.
     uv run python bench/profile_app.py nearby [TASKS]    # nearby search, hot set (default 100000 tasks)
     uv run python bench/profile_app.py nearby-cold [TASKS]  # nearby search, local level cold, Redis warm
     uv run python bench/profile_app.py wallet            # wallet read, local-cache hit
+    uv run python bench/profile_app.py flash             # flash-session claims (claim consumer included)
 
 py-spy is not a project dependency: this runs it with ``uvx --from py-spy py-spy`` (PyPI), as root or with
 ptrace allowed. The collapsed stacks are kept in ``bench/out/profile-<what>.txt``.
@@ -64,7 +65,10 @@ def main() -> int:
     install_signal_handlers()
     what = sys.argv[1] if len(sys.argv) > 1 else "ping-token"
     seconds = 12.0
-    with embedded_servers() as servers, App(servers) as app:
+    import flash
+
+    env = flash.CLAIM_LIMITS if what == "flash" else {}
+    with embedded_servers() as servers, App(servers, **env) as app:
         if what == "ping":
             reqs = [load.get("/api/v1/ping")]
         elif what == "ping-token":
@@ -88,6 +92,13 @@ def main() -> int:
             import wallet
 
             reqs = wallet.setup(servers, app).requests()
+        elif what == "flash":
+            import asyncio
+
+            seeded = asyncio.run(flash._seed(servers, app))
+            path = f"/api/v1/coupon/flash-sessions/{seeded.session_id}/claims"
+            reqs = [load.post(path, b"", {"Authorization": f"Bearer {t}"}) for t in seeded.tokens]
+            load.run("warm", app.port, reqs, concurrency=64, duration_s=3, warmup_s=0.5)
         else:
             raise SystemExit(f"unknown scenario {what!r}")
         OUT.mkdir(parents=True, exist_ok=True)

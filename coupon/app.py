@@ -42,6 +42,9 @@ def create(kernel: Kernel) -> Subsystem:
     async def startup(k: Kernel) -> None:
         await coupon_service.sync_denylist(k)
 
+    async def shutdown(k: Kernel) -> None:
+        await coupon_service.claim_sender(k).close()  # claims still buffered go to Kafka before it stops
+
     return Subsystem(
         name="coupon",
         route_handlers=[controllers.CouponController, controllers.ClaimController],
@@ -60,4 +63,5 @@ def create(kernel: Kernel) -> Subsystem:
             Periodic("coupon.claims-reconcile", RECONCILE_INTERVAL_S, reconcile, redis=kernel.redis),
         ],
         on_startup=[startup],
+        on_shutdown=[shutdown],
     )

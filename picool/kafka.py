@@ -28,17 +28,20 @@ class Message:
     envelope: Envelope
 
 
-def payloads(messages: Iterable[Message], type_name: str, logger: logging.Logger) -> Iterator[tuple[Envelope, Any]]:
-    """The envelopes of ``type_name`` among ``messages`` with their typed payloads. One that cannot be decoded
-    is logged on ``logger`` and skipped: a poison message must not stop its consumer group."""
+def payloads(
+    messages: Iterable[Message], type_names: str | tuple[str, ...], logger: logging.Logger
+) -> Iterator[tuple[Envelope, Any]]:
+    """The envelopes of ``type_names`` (one name or several) among ``messages`` with their typed payloads. One
+    that cannot be decoded is logged on ``logger`` and skipped: a poison message must not stop its group."""
+    wanted = (type_names,) if isinstance(type_names, str) else type_names
     for m in messages:
         env = m.envelope
-        if env.type != type_name:
+        if env.type not in wanted:
             continue
         try:
             payload = decode_payload(env)
         except Exception:
-            logger.error("undecodable %s %s at %s:%s@%s; skipped", type_name, env.id, m.topic, m.partition, m.offset)
+            logger.error("undecodable %s %s at %s:%s@%s; skipped", env.type, env.id, m.topic, m.partition, m.offset)
             continue
         yield env, payload
 

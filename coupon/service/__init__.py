@@ -30,6 +30,7 @@ from coupon.service._records import Actor, CouponRecord, TemplateRecord, WalletP
 from coupon.service._redeem import RedeemRequest, RedemptionResult, redeem
 from coupon.service._redeem_checks import RedemptionPreview, UnknownCode, preview_redemption
 from coupon.service._reversal import reverse
+from coupon.service._sender import ClaimSender, batch_message, claim_sender, claimed_event
 from coupon.service._templates import (
     NewTemplate,
     Stats,
@@ -57,6 +58,7 @@ __all__ = [
     "PAGE_SIZE",
     "Actor",
     "ClaimDenied",
+    "ClaimSender",
     "CouponQuote",
     "CouponRecord",
     "FlashSessionRecord",
@@ -77,12 +79,15 @@ __all__ = [
     "WalletPage",
     "all_unused",
     "allow_claims",
+    "batch_message",
     "claim_event",
     "claim_flash",
     "claim_guards",
+    "claim_sender",
     "claim_store",
     "claim_template",
     "claimed_coupon",
+    "claimed_event",
     "create_pool",
     "create_session",
     "create_template",

@@ -3,9 +3,9 @@
 The request path: the deny list (this process's copy, no round trip) and the claim rate limits (one
 pipelined Redis round trip), the template and session from the two-level caches, then
 ``coupon/lua/claim.lua`` decides and records the
-claim in Redis with the id and code made here, then :class:`picool.events.CouponClaimedV1` is handed to
-the Kafka producer and the runner gets the coupon. The claim consumer writes it to PostgreSQL within
-moments.
+claim in Redis with the id and code made here, then the claim is handed to the process's
+:class:`~coupon.service._sender.ClaimSender` (which sends a few milliseconds' worth of claims to Kafka as
+one message) and the runner gets the coupon. The claim consumer writes it to PostgreSQL within moments.
 
 Once the script accepted, the answer is 201 whatever Kafka does, and it does not wait for the broker's
 acknowledgement: the claim record in Redis (pending until PostgreSQL has the coupon) is the durable
@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from coupon import domain as coupon_domain
 from coupon import store as coupon_store
 from coupon.service import _denylist, _flash, _pools
 from coupon.service._issue import new_identifiers
+from coupon.service._pools import ms_to_datetime
 from coupon.service._records import Actor, CouponRecord, TemplateRecord
+from coupon.service._sender import claim_sender, claimed_event
 from coupon.service._templates import require_template
 from picool import events, metrics
 from picool.errors import Conflict, DomainError, ServiceUnavailable, TooManyRequests
@@ -80,11 +81,6 @@ def guards(kernel: Kernel) -> ClaimGuards:
     return g
 
 
-def ms_to_datetime(value: int) -> datetime:
-    """An epoch-milliseconds instant as an aware UTC datetime, exactly (no float rounding)."""
-    return datetime.fromtimestamp(value // 1000, UTC).replace(microsecond=(value % 1000) * 1000)
-
-
 def claimed_coupon(template: TemplateRecord, record: coupon_store.ClaimRecord) -> CouponRecord:
     """The coupon a claim makes, as it will be stored: received at the claim, valid per the template."""
     at = ms_to_datetime(record.claimed_ms)
@@ -106,19 +102,11 @@ def claimed_coupon(template: TemplateRecord, record: coupon_store.ClaimRecord) -
 
 
 def claim_event(template_id: int, record: coupon_store.ClaimRecord) -> tuple[str, bytes]:
-    """The Kafka key and message of an accepted claim (the event id is derived from the coupon id)."""
-    at = ms_to_datetime(record.claimed_ms)
-    event = events.CouponClaimedV1(
-        coupon_id=str(record.coupon_id),
-        code=record.code,
-        template_id=str(template_id),
-        user_id=str(record.user_id),
-        source_kind=record.source_kind,
-        source_ref=record.source_ref,
-        claimed_at=at,
-    )
+    """The Kafka key and message of one accepted claim on its own (the event id is derived from the coupon
+    id); the request path sends claims in batches instead (:mod:`coupon.service._sender`)."""
+    event = claimed_event(template_id, record)
     key = str(record.user_id)
-    return key, encode_envelope(f"claim-{record.coupon_id}", event, key, at)
+    return key, encode_envelope(f"claim-{record.coupon_id}", event, key, event.claimed_at)
 
 
 async def publish_claim(kernel: Kernel, template_id: int, record: coupon_store.ClaimRecord) -> bool:
@@ -132,33 +120,6 @@ async def publish_claim(kernel: Kernel, template_id: int, record: coupon_store.C
         log.warning("claim %s accepted but not sent to Kafka; the reconciler will send it", record.coupon_id)
         return False
     return True
-
-
-def _sent(coupon_id: int) -> Callable[[asyncio.Future[object]], None]:
-    def done(future: asyncio.Future[object]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            metrics.CLAIMS.labels("kafka", "send_failed").inc()
-            log.warning("claim %s accepted but not sent to Kafka; the reconciler will send it", coupon_id)
-
-    return done
-
-
-async def send_claim(kernel: Kernel, template_id: int, record: coupon_store.ClaimRecord) -> None:
-    """Hand an accepted claim to the Kafka producer without waiting for the broker's acknowledgement.
-
-    The claim is already durable in Redis (its ledger entry stays pending until PostgreSQL has the
-    coupon, and the reconciler re-sends what the broker never got), so the runner's answer need not
-    wait for the broker; a producer that refuses at once is logged and left to the reconciler too.
-    """
-    key, value = claim_event(template_id, record)
-    try:
-        async with asyncio.timeout(PUBLISH_TIMEOUT_S):  # only a full producer buffer can make this wait
-            future = await kernel.bus.send(kernel.settings.topic(events.TOPIC_COUPON_CLAIMS), key, value)
-    except Exception:
-        metrics.CLAIMS.labels("kafka", "send_failed").inc()
-        log.warning("claim %s accepted but not sent to Kafka; the reconciler will send it", record.coupon_id)
-        return
-    future.add_done_callback(_sent(record.coupon_id))
 
 
 def _refused(decision: Decision, kind: str, by: str) -> TooManyRequests:
@@ -215,7 +176,7 @@ async def _take(
     outcome = result.outcome
     metrics.CLAIMS.labels(kind, outcome.value).inc()
     if outcome is coupon_store.ClaimOutcome.OK:
-        await send_claim(kernel, template.id, record)
+        claim_sender(kernel).add(template.id, record)
         return claimed_coupon(template, record)
     if outcome is coupon_store.ClaimOutcome.REPLAY:
         if result.record is None:

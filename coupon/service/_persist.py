@@ -26,9 +26,10 @@ from coupon import codes as coupon_codes
 from coupon import models
 from coupon import store as coupon_store
 from coupon.service import _coupons, _pools
-from coupon.service._claims import claim_event, ms_to_datetime
+from coupon.service._pools import ms_to_datetime
 from coupon.service._premade import PremadeCoupon, issue_premade
 from coupon.service._records import TemplateRecord, system_actor
+from coupon.service._sender import MAX_CLAIMS, batch_message, claimed_event
 from coupon.service._templates import get_template
 from coupon.service._wallet import invalidate_new_coupons
 from picool import events, ids
@@ -41,6 +42,7 @@ log = logging.getLogger("coupon.claims")
 CONSUMER = "coupon.claims"
 GRACE_MS = 5000  # a claim younger than this is still on its way through Kafka
 RESEND_BATCH = 500
+PERSIST_CHUNK = 2000  # claims per INSERT: a consumer batch of full messages holds far more
 
 
 def from_event(ev: events.CouponClaimedV1) -> PremadeCoupon | None:
@@ -147,17 +149,20 @@ def _check(c: PremadeCoupon) -> None:
 
 
 async def handle_claims(kernel: Kernel, messages: Sequence[Message]) -> int:
-    """The claim consumer's batch handler: every ``CouponClaimedV1`` of the batch in one transaction."""
+    """The claim consumer's batch handler: the claims of every ``CouponClaimsV1`` (and single
+    ``CouponClaimedV1``) of the batch, written ``PERSIST_CHUNK`` to a statement."""
     claims: list[PremadeCoupon] = []
-    for env, ev in payloads(messages, "CouponClaimedV1", log):
-        claim = from_event(ev)
-        if claim is None:
-            log.error("malformed CouponClaimedV1 %s; skipped", env.id)
-            continue
-        claims.append(claim)
-    if not claims:
-        return 0
-    return await persist_claims(kernel, claims, tidy_later=True)
+    for env, ev in payloads(messages, ("CouponClaimsV1", "CouponClaimedV1"), log):
+        for one in ev.claims if isinstance(ev, events.CouponClaimsV1) else (ev,):
+            claim = from_event(one)
+            if claim is None:
+                log.error("malformed claim %s in %s %s; skipped", one.coupon_id[:32], env.type, env.id)
+                continue
+            claims.append(claim)
+    written = 0
+    for i in range(0, len(claims), PERSIST_CHUNK):
+        written += await persist_claims(kernel, claims[i : i + PERSIST_CHUNK], tidy_later=True)
+    return written
 
 
 async def stored_ids(kernel: Kernel, pairs: Sequence[tuple[int, int]]) -> set[int]:
@@ -205,7 +210,9 @@ async def reconcile(kernel: Kernel, *, now_ms: int | None = None, grace_ms: int 
             continue
         topic = kernel.settings.topic(events.TOPIC_COUPON_CLAIMS)
         try:
-            await kernel.bus.publish_many([(topic, *claim_event(template_id, r)) for r in todo])
+            claims = [claimed_event(template_id, r) for r in todo]
+            chunks = [claims[i : i + MAX_CLAIMS] for i in range(0, len(claims), MAX_CLAIMS)]
+            await kernel.bus.publish_many([(topic, *batch_message(chunk)) for chunk in chunks])
         except Exception:
             log.warning("reconciler: Kafka refused %d claims of pool %s; writing them directly", len(todo), template_id)
             written += await persist_claims(kernel, [from_record(template_id, r) for r in todo])

@@ -11,7 +11,7 @@ loss; Redis runs with an append-only file so that the loss itself is the rare ca
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
@@ -37,6 +37,11 @@ def claim_store(kernel: Kernel) -> coupon_store.ClaimStore:
 def ms(at: datetime) -> int:
     """Milliseconds since the epoch of an aware datetime."""
     return int(at.timestamp() * 1000)
+
+
+def ms_to_datetime(value: int) -> datetime:
+    """An epoch-milliseconds instant as an aware UTC datetime, exactly (no float rounding)."""
+    return datetime.fromtimestamp(value // 1000, UTC).replace(microsecond=(value % 1000) * 1000)
 
 
 def claim_window_ms(template: TemplateRecord) -> tuple[int, int]:
