@@ -24,7 +24,7 @@ def create(kernel: Kernel) -> Subsystem:
 
     Raises ``ValueError`` when a claim rate limit in the settings is malformed (the app must not start).
     """
-    coupon_service.claim_guards(kernel)  # parses the claim rate limits now, not on the first claim
+    guards = coupon_service.claim_guards(kernel)  # parses the claim rate limits now, not on the first claim
     coupon_service.claim_store(kernel)  # registers the Lua scripts
 
     async def on_run_completed(messages: list[Message]) -> None:
@@ -64,4 +64,5 @@ def create(kernel: Kernel) -> Subsystem:
         ],
         on_startup=[startup],
         on_shutdown=[shutdown],
+        route_limits=guards.route_limits(),
     )

@@ -13,7 +13,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from picool import metrics
 from picool.kernel import Kernel
-from picool.ratelimit import Decision, Limit, RateLimiter
+from picool.ratelimit import Decision, Limit, RateLimiter, RouteLimits
 from picool.settings import Settings
 from picool.tokens import Identity
 from picool.web import client_ip
@@ -76,8 +76,9 @@ def group_of(path: str) -> str:
 class EdgeMiddleware:
     """Outermost-but-one layer (inside the request-id middleware, after the token check).
 
-    - rate limits per IP and per user for the request's route group → 429 problem with ``Retry-After``
-      and ``RateLimit-*`` headers (the headers are on admitted responses too);
+    - rate limits per IP and per user for the request's route group, and those a subsystem put on the
+      route (:class:`picool.ratelimit.RouteLimits`), all in one Redis round trip → 429 problem with
+      ``Retry-After`` and ``RateLimit-*`` headers (the headers are on admitted responses too);
     - security headers on every response;
     - a request timeout → 504 problem if the handler has not started answering in time;
     - request count and latency per route template.
@@ -87,6 +88,7 @@ class EdgeMiddleware:
         self.app = app
         self._limits: dict[str, GroupLimits] | None = None
         self._limiter: RateLimiter | None = None
+        self._route_limits: list[RouteLimits] = []
         self._trusted: frozenset[str] = frozenset()
         self._settings: Settings | None = None
 
@@ -95,37 +97,56 @@ class EdgeMiddleware:
         self._settings = kernel.settings
         self._limits = parse_rate_limits(kernel.settings.rate_limits)
         self._limiter = RateLimiter(kernel.redis)
+        self._route_limits = [r for sub in kernel.subsystems for r in sub.route_limits]
         self._trusted = frozenset(kernel.settings.csv(kernel.settings.trusted_proxies))
 
-    async def _check_limits(self, scope: Scope) -> Decision | None:
+    async def _check_limits(self, scope: Scope) -> tuple[Decision | None, str]:
+        """The request's limits in one round trip: the refusing decision and the problem detail, else the
+        tightest admitting decision (for the headers) or None when no limit applies."""
         assert self._limits is not None and self._limiter is not None
         path: str = scope["path"]
         group = group_of(path)
         limits = self._limits.get(group) or self._limits.get("default")
-        if limits is None:
-            return None
-        tightest: Decision | None = None
         ident = scope.get("state", {}).get("identity")
-        checks: list[tuple[str, str, Limit]] = []
-        if limits.ip is not None:
-            checks.append(("ip", f"{group}:ip:{client_ip(scope, self._trusted)}", limits.ip))
-        if limits.user is not None and isinstance(ident, Identity):
-            checks.append(("user", f"{group}:user:{ident.user_id}", limits.user))
+        user_id = ident.user_id if isinstance(ident, Identity) else None
+        ip: str | None = None
+        # (metrics label, by, key, limit, the route's limits or None for the group's)
+        checks: list[tuple[str, str, str, Limit, RouteLimits | None]] = []
+        if limits is not None:
+            if limits.ip is not None:
+                ip = client_ip(scope, self._trusted)
+                checks.append((group, "ip", f"{group}:ip:{ip}", limits.ip, None))
+            if limits.user is not None and user_id is not None:
+                checks.append((group, "user", f"{group}:user:{user_id}", limits.user, None))
+        method = str(scope.get("method", ""))
+        for limited in self._route_limits:
+            if not limited.applies(method, path):
+                continue
+            if limited.per_ip is not None:
+                ip = ip or client_ip(scope, self._trusted)
+                checks.append((limited.name, "ip", f"{limited.name}:ip:{ip}", limited.per_ip, limited))
+            if limited.per_user is not None and user_id is not None:
+                checks.append((limited.name, "user", f"{limited.name}:user:{user_id}", limited.per_user, limited))
         if not checks:
-            return None
+            return None, ""
         try:
-            # Both limits in one round trip; each counts the request whatever the other decides.
-            decisions = await self._limiter.hit_many([(key, limit) for _by, key, limit in checks])
+            # One round trip; each limit counts the request whatever the others decide.
+            decisions = await self._limiter.hit_many([(key, limit) for _label, _by, key, limit, _route in checks])
         except Exception:
             log.warning("rate limiter unavailable; admitting", exc_info=True)
-            return None
-        for (by, _key, _limit), decision in zip(checks, decisions, strict=True):
+            return None, ""
+        tightest: Decision | None = None
+        for (label, by, _key, _limit, route), decision in zip(checks, decisions, strict=True):
             if not decision.allowed:
-                metrics.RATE_LIMITED.labels(group, by).inc()
-                return decision
+                metrics.RATE_LIMITED.labels(label, by).inc()
+                if route is None:
+                    return decision, f"Rate limit exceeded; retry in {decision.retry_after_s}s."
+                if route.on_refused is not None:
+                    route.on_refused(path, by)
+                return decision, route.refusal(by, decision)
             if tightest is None or decision.remaining < tightest.remaining:
                 tightest = decision
-        return tightest
+        return tightest, ""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -139,9 +160,10 @@ class EdgeMiddleware:
         status = 500
         started = False
         decision: Decision | None = None
+        refusal = ""
         exempt = scope["path"] in EXEMPT or scope["method"] == "OPTIONS"
         if not exempt:
-            decision = await self._check_limits(scope)
+            decision, refusal = await self._check_limits(scope)
         extra = dict(decision.headers()) if decision is not None else {}
         secure = [
             (b"x-content-type-options", b"nosniff"),
@@ -171,8 +193,7 @@ class EdgeMiddleware:
 
         try:
             if decision is not None and not decision.allowed:
-                for msg in _problem(429, "rate_limited", "Too many requests",
-                                    f"Rate limit exceeded; retry in {decision.retry_after_s}s."):  # fmt: skip
+                for msg in _problem(429, "rate_limited", "Too many requests", refusal):
                     await send_wrapper(msg)
                 return
             try:

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -84,6 +85,31 @@ class Decision:
         if not self.allowed:
             h["Retry-After"] = str(self.retry_after_s)
         return h
+
+
+@dataclass(frozen=True, slots=True)
+class RouteLimits:
+    """Limits a subsystem puts on some of its own routes (the claim endpoints' per-IP and per-account claim
+    rates), on top of the route group's. The edge checks them in the same Redis round trip as the group's,
+    so a limited route costs no extra trip; a refusal is a 429 ``rate_limited`` saying ``what`` was too
+    many, and ``on_refused(path, by)`` lets the subsystem count it in its own metrics."""
+
+    name: str  # the keys' prefix and the metrics label, e.g. "claims"
+    method: str
+    path: re.Pattern[str]  # matched against the whole path
+    per_ip: Limit | None
+    per_user: Limit | None
+    what: str  # "claims" -> "Too many claims from this address; retry in 5s."
+    on_refused: Callable[[str, str], None] | None = None
+
+    def applies(self, method: str, path: str) -> bool:
+        """Whether a request for ``method`` ``path`` is limited here."""
+        return method == self.method and self.path.fullmatch(path) is not None
+
+    def refusal(self, by: str, decision: Decision) -> str:
+        """The problem detail of a refusal by the ``ip`` or ``user`` limit."""
+        who = "address" if by == "ip" else "account"
+        return f"Too many {self.what} from this {who}; retry in {decision.retry_after_s}s."
 
 
 class RateLimiter:

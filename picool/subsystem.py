@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from picool.kafka import ConsumerWorker
     from picool.kernel import Kernel
+    from picool.ratelimit import RouteLimits
     from picool.workers import Periodic
 
 Hook = Callable[["Kernel"], Awaitable[None]]
@@ -19,7 +20,8 @@ class Subsystem:
     """One subsystem as mounted in an app.
 
     ``route_handlers`` are litestar routers/controllers; ``consumers`` and ``periodics`` run in the
-    background while the app runs; ``on_startup`` hooks run after the kernel is connected.
+    background while the app runs; ``on_startup`` hooks run after the kernel is connected;
+    ``route_limits`` are rate limits of some of its routes, which the edge checks with the route group's.
     """
 
     name: str
@@ -29,4 +31,5 @@ class Subsystem:
     on_startup: list[Hook] = field(default_factory=list)
     on_shutdown: list[Hook] = field(default_factory=list)
     topics: list[str] = field(default_factory=list)
+    route_limits: list[RouteLimits] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)

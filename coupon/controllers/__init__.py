@@ -10,7 +10,7 @@ from __future__ import annotations
 from coupon.controllers._claims import ClaimController, ClaimService
 from coupon.controllers._coupons import CouponController
 from coupon.controllers._guards import Guard, actor_of, authenticated, roles
-from coupon.controllers._request import IdempotencyKey, client_ip, field_id, page_cursor, path_id, utcnow
+from coupon.controllers._request import IdempotencyKey, field_id, page_cursor, path_id, utcnow
 from coupon.controllers._shapes import (
     coupon_out,
     denial_out,
@@ -29,7 +29,6 @@ __all__ = [
     "IdempotencyKey",
     "actor_of",
     "authenticated",
-    "client_ip",
     "coupon_out",
     "denial_out",
     "field_id",

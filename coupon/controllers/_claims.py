@@ -12,7 +12,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from coupon import schemas
 from coupon import service as coupon_service
 from coupon.controllers._guards import actor_of, roles
-from coupon.controllers._request import IdempotencyKey, client_ip, field_id, path_id, utcnow
+from coupon.controllers._request import IdempotencyKey, field_id, path_id, utcnow
 from coupon.controllers._shapes import coupon_out, denial_out, flash_out
 from picool import web
 from picool.kernel import Kernel
@@ -29,7 +29,6 @@ class ClaimService(Protocol):
         target_id: int,
         /,
         *,
-        ip: str,
         idempotency_key: str | None,
         now: datetime,
     ) -> Awaitable[coupon_service.CouponRecord]: ...
@@ -52,7 +51,6 @@ async def _claim(
         kernel,
         actor_of(identity),
         path_id(target_id, what),
-        ip=client_ip(request, kernel),
         idempotency_key=idempotency_key,
         now=now,
     )

@@ -4,16 +4,12 @@ header, the caller's address and the moment of the request."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Request
 from litestar.params import HeaderParameter
 
-from coupon import service as coupon_service
-from picool import web
 from picool.errors import InvalidRequest, NotFound
 from picool.ids import parse_id_str
-from picool.kernel import Kernel
 
 
 def path_id(text: str, what: str) -> int:
@@ -43,11 +39,6 @@ IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(name="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$", required=False),
 ]
-
-
-def client_ip(request: Request[Any, Any, Any], kernel: Kernel) -> str:
-    """The caller's address as the claim rate limits count it (X-Forwarded-For only from trusted proxies)."""
-    return web.client_ip(request.scope, coupon_service.claim_guards(kernel).trusted_proxies)
 
 
 def utcnow() -> datetime:

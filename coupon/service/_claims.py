@@ -1,7 +1,8 @@
 """Claiming a coupon (a ``claim`` template or a flash session) without touching PostgreSQL.
 
-The request path: the deny list (this process's copy, no round trip) and the claim rate limits (one
-pipelined Redis round trip), the template and session from the two-level caches, then
+The request path: the claim rate limits (checked by the edge in its one Redis round trip, see
+:meth:`ClaimGuards.route_limits`), the deny list (this process's copy, no round trip), the template and
+session from the two-level caches, then
 ``coupon/lua/claim.lua`` decides and records the
 claim in Redis with the id and code made here, then the claim is handed to the process's
 :class:`~coupon.service._sender.ClaimSender` (which sends a few milliseconds' worth of claims to Kafka as
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,10 +31,10 @@ from coupon.service._records import Actor, CouponRecord, TemplateRecord
 from coupon.service._sender import claim_sender, claimed_event
 from coupon.service._templates import require_template
 from picool import events, metrics
-from picool.errors import Conflict, DomainError, ServiceUnavailable, TooManyRequests
+from picool.errors import Conflict, DomainError, ServiceUnavailable
 from picool.events import encode_envelope
 from picool.kernel import Kernel
-from picool.ratelimit import Decision, Limit, RateLimiter
+from picool.ratelimit import Limit, RouteLimits
 from picool.settings import Settings
 
 log = logging.getLogger("coupon.claims")
@@ -49,34 +51,44 @@ class ClaimDenied(DomainError):
     title = "Claiming is not allowed for this account"
 
 
+# Both claim endpoints: POST /api/v1/coupon/templates/{id}/claims and .../flash-sessions/{id}/claims.
+CLAIM_PATHS = re.compile(r"/api/v1/coupon/(templates|flash-sessions)/[^/]+/claims")
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimGuards:
-    """The claim rate limits of this process (from the settings) and the limiter that checks them."""
+    """The claim rate limits of this process (from the settings). The edge checks them (see
+    :meth:`route_limits`), in the same Redis round trip as the route group's own limits."""
 
-    limiter: RateLimiter
     per_ip: Limit | None
     per_user: Limit | None
-    trusted_proxies: frozenset[str] = frozenset()
 
     @classmethod
-    def from_settings(cls, settings: Settings, limiter: RateLimiter) -> ClaimGuards:
+    def from_settings(cls, settings: Settings) -> ClaimGuards:
         """Parse ``claim_rate_ip`` / ``claim_rate_user`` (``"N/SECONDS"``, empty for none); ``ValueError``
         for a malformed one, so a bad configuration stops the app at start."""
         ip = settings.claim_rate_ip.strip()
         user = settings.claim_rate_user.strip()
-        return cls(
-            limiter,
-            Limit.parse(ip) if ip else None,
-            Limit.parse(user) if user else None,
-            frozenset(settings.csv(settings.trusted_proxies)),
-        )
+        return cls(Limit.parse(ip) if ip else None, Limit.parse(user) if user else None)
+
+    def route_limits(self) -> list[RouteLimits]:
+        """The limits as the edge applies them to the two claim endpoints. Every claim that reaches the
+        edge counts against both (abusers pay for their attempts; a runner behind a crowded address can
+        use up its own allowance too)."""
+        if self.per_ip is None and self.per_user is None:
+            return []
+        return [RouteLimits("claims", "POST", CLAIM_PATHS, self.per_ip, self.per_user, "claims", _count_refusal)]
+
+
+def _count_refusal(path: str, by: str) -> None:
+    metrics.CLAIMS.labels("flash" if "/flash-sessions/" in path else "claim", "rate_limited").inc()
 
 
 def guards(kernel: Kernel) -> ClaimGuards:
     """The process's claim guards (made on first use)."""
     g = kernel.services.get(GUARDS_SERVICE)
     if not isinstance(g, ClaimGuards):
-        g = ClaimGuards.from_settings(kernel.settings, RateLimiter(kernel.redis, prefix="coupon:rl:"))
+        g = ClaimGuards.from_settings(kernel.settings)
         kernel.services[GUARDS_SERVICE] = g
     return g
 
@@ -122,37 +134,12 @@ async def publish_claim(kernel: Kernel, template_id: int, record: coupon_store.C
     return True
 
 
-def _refused(decision: Decision, kind: str, by: str) -> TooManyRequests:
-    metrics.CLAIMS.labels(kind, "rate_limited").inc()
-    metrics.RATE_LIMITED.labels("claims", by).inc()
-    headers = decision.headers()
-    return TooManyRequests(
-        f"Too many claims from this {'address' if by == 'ip' else 'account'}; retry in {decision.retry_after_s}s.",
-        retry_after_s=decision.retry_after_s,
-        headers=headers,
-    )
-
-
-async def admit(kernel: Kernel, user_id: int, ip: str, kind: str) -> None:
-    """Refuse a barred account (403 ``claim_denied``, from this process's copy of the deny list: no round
-    trip) or a caller over a claim rate limit (429 ``rate_limited``). Both limits are checked in one
-    Redis round trip, and every attempt that reaches them counts against both (abusers pay for their
-    attempts; a runner behind a crowded address can use up its own allowance too)."""
+async def admit(kernel: Kernel, user_id: int, kind: str) -> None:
+    """Refuse a barred account (403 ``claim_denied``), from this process's copy of the deny list: no round
+    trip. (The claim rate limits were checked at the edge, before the handler.)"""
     if await _denylist.is_denied(kernel, user_id):
         metrics.CLAIMS.labels(kind, "denied").inc()
         raise ClaimDenied("This account may not claim coupons.")
-    g = guards(kernel)
-    checks: list[tuple[str, str, Limit]] = []
-    if g.per_ip is not None:
-        checks.append(("ip", f"ip:{ip}", g.per_ip))
-    if g.per_user is not None:
-        checks.append(("user", f"user:{user_id}", g.per_user))
-    if not checks:
-        return
-    decisions = await g.limiter.hit_many([(key, limit) for _by, key, limit in checks])
-    for (by, _key, _limit), decision in zip(checks, decisions, strict=True):
-        if not decision.allowed:
-            raise _refused(decision, kind, by)
 
 
 async def _take(
@@ -200,11 +187,11 @@ def _not_claimable(template: TemplateRecord) -> Conflict:
 
 
 async def claim_template(
-    kernel: Kernel, actor: Actor, template_id: int, *, ip: str, idempotency_key: str | None, now: datetime
+    kernel: Kernel, actor: Actor, template_id: int, *, idempotency_key: str | None, now: datetime
 ) -> CouponRecord:
     """Claim one coupon of a ``claim`` template for a runner (404 unknown, 409 ``not_claimable``,
-    ``sold_out``, ``limit_reached``; 403 ``claim_denied``; 429 ``rate_limited``)."""
-    await admit(kernel, actor.user_id, ip, "claim")
+    ``sold_out``, ``limit_reached``; 403 ``claim_denied``)."""
+    await admit(kernel, actor.user_id, "claim")
     template = await require_template(kernel, template_id)
     if not _pools.is_claimable(template):
         metrics.CLAIMS.labels("claim", "not_claimable").inc()
@@ -213,11 +200,11 @@ async def claim_template(
 
 
 async def claim_flash(
-    kernel: Kernel, actor: Actor, session_id: int, *, ip: str, idempotency_key: str | None, now: datetime
+    kernel: Kernel, actor: Actor, session_id: int, *, idempotency_key: str | None, now: datetime
 ) -> CouponRecord:
     """Claim one coupon of a flash session for a runner (404 unknown, 409 ``not_open``, ``sold_out``,
-    ``limit_reached``; 403 ``claim_denied``; 429 ``rate_limited``)."""
-    await admit(kernel, actor.user_id, ip, "flash")
+    ``limit_reached``; 403 ``claim_denied``)."""
+    await admit(kernel, actor.user_id, "flash")
     session = await _flash.require_session(kernel, session_id)
     template = await require_template(kernel, session.template_id)
     if not _pools.is_claimable(template):

@@ -150,7 +150,7 @@ async def test_not_claimable(
     actor = coupon_service.Actor(user_id=int(runner.user_id), role="runner")
     with pytest.raises(DomainError) as err:
         await coupon_service.claim_template(
-            kernel, actor, int(fixed["id"]), ip="10.9.9.9", idempotency_key=None,
+            kernel, actor, int(fixed["id"]), idempotency_key=None,
             now=datetime.now(UTC) + timedelta(days=3),
         )  # fmt: skip
     assert err.value.instance_code == "not_claimable"

@@ -122,7 +122,7 @@ async def test_flash_claim_answers(
     with pytest.raises(DomainError) as err:  # the same session once it has ended
         await coupon_service.claim_flash(
             kernel, coupon_service.Actor(user_id=int(other.user_id), role="runner"), int(open_now["id"]),
-            ip="10.1.1.1", idempotency_key=None, now=datetime.now(UTC) + timedelta(hours=1, seconds=1),
+            idempotency_key=None, now=datetime.now(UTC) + timedelta(hours=1, seconds=1),
         )  # fmt: skip
     assert err.value.instance_code == "not_open"
 

@@ -151,3 +151,36 @@ async def test_metrics(client: httpx.AsyncClient) -> None:
     assert 'route="unmatched"' in text
     assert "picool_http_request_duration_seconds_bucket" in text
     assert "picool_outbox_backlog" in text
+
+
+async def test_a_subsystems_route_limits_are_checked_with_the_groups(
+    stack_settings: Settings, client: httpx.AsyncClient
+) -> None:
+    """The claim endpoints' own limits (the coupon subsystem's RouteLimits) apply on top of the default group's,
+    counted for every request that reaches the edge, and refuse with their own words and metrics."""
+    from picool import metrics
+
+    app = create_app(
+        stack_settings.with_(
+            rate_limits="default:ip=6/60", claim_rate_ip="3/60", claim_rate_user="", workers_enabled=False, node_id=205
+        )
+    )
+    claims = "/api/v1/coupon/flash-sessions/123/claims"
+    flash_before = metrics.CLAIMS.labels("flash", "rate_limited")._value.get()
+    by_ip_before = metrics.RATE_LIMITED.labels("claims", "ip")._value.get()
+    async with running(app, wait_consumers=False):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver.local") as c:
+            first = [await c.post(claims) for _ in range(3)]
+            assert [r.status_code for r in first] == [401] * 3  # counted, then refused for want of a token
+            assert first[-1].headers["ratelimit-limit"] == "3" and first[-1].headers["ratelimit-remaining"] == "0"
+            refused = await c.post(claims)
+            assert refused.status_code == 429 and refused.json()["code"] == "rate_limited"
+            assert refused.json()["detail"].startswith("Too many claims from this address; retry in ")
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+            assert (await c.get(f"{claims}")).status_code in (404, 405)  # another method: not a claim
+            # the default group counted all five; its sixth request is the last it admits
+            assert (await c.get("/api/v1/ping")).status_code == 200
+            late = await c.get("/api/v1/ping")
+            assert late.status_code == 429 and late.json()["detail"].startswith("Rate limit exceeded")
+    assert metrics.CLAIMS.labels("flash", "rate_limited")._value.get() == flash_before + 1
+    assert metrics.RATE_LIMITED.labels("claims", "ip")._value.get() == by_ip_before + 1
