@@ -148,11 +148,22 @@ def pack(commands: Sequence[Sequence[Any]]) -> bytes:
     """The RESP request for ``commands`` (bytes, str as UTF-8, int, float), what redis-py's packer makes
     at a fraction of its cost."""
     out: list[bytes] = []
+    add = out.append
     for command in commands:
-        out.append(b"*%d\r\n" % len(command))
+        add(b"*%d\r\n" % len(command))
         for value in command:
-            data = _arg(value)
-            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+            kind = type(value)  # exact types first: the hot path of every command (bool is no int here)
+            if kind is str:
+                data = value.encode()
+            elif kind is int:
+                data = b"%d" % value
+            elif kind is bytes:
+                data = value
+            else:
+                data = _arg(value)
+            add(b"$%d\r\n" % len(data))
+            add(data)
+            add(b"\r\n")
     return b"".join(out)
 
 
