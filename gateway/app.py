@@ -23,6 +23,7 @@ import run.app as run_app
 from gateway import edge, health, proxy
 from gateway import metrics as gateway_metrics
 from picool import errors, web
+from picool.gc_tuning import tune_for_serving
 from picool.kernel import Kernel
 from picool.logs import configure_logging
 from picool.settings import Settings
@@ -115,5 +116,8 @@ def create_app(settings: Settings | None = None, subsystems: Sequence[str] | Non
 
 
 def create_app_from_env() -> Litestar:
-    """Factory for ``uvicorn --factory`` (used by ``picool serve --workers N``)."""
-    return create_app()
+    """Factory for ``uvicorn --factory`` (used by ``picool serve --workers N``): each worker process builds
+    its app, then sets its garbage collector for serving (see :mod:`picool.gc_tuning`)."""
+    app = create_app()
+    tune_for_serving()
+    return app

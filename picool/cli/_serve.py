@@ -14,6 +14,7 @@ from collections.abc import Callable
 import click
 
 from picool.cli._group import URL_FIELDS, _echo, _load_settings, _terminate_as_exit, main
+from picool.gc_tuning import tune_for_serving
 from picool.settings import Settings
 from picool.stack import EmbeddedStack, StackError, read_running_stack
 
@@ -128,6 +129,7 @@ def _serve(settings: Settings, banner: Callable[[], None] | None = None, subsyst
         finally:
             task.cancel()
 
+    tune_for_serving()  # the app is built: freeze it, collect rarely (see picool.gc_tuning)
     # uvicorn.Config(loop="uvloop") only applies when uvicorn runs the loop itself; we run it, so pick uvloop
     # here (the plain asyncio loop costs the app about a third of its throughput).
     uvloop.run(run())
