@@ -24,6 +24,7 @@ from harness.results import OUT
 from harness.servers import App, embedded_servers, install_signal_handlers
 
 PYSPY = ["uvx", "--from", "py-spy", "py-spy"]
+NONBLOCKING = False  # blocking sampling: whole stacks (non-blocking reads tear many of them, losing their roots)
 
 
 def summarize(raw_path: str, top: int = 40) -> str:
@@ -105,7 +106,7 @@ def main() -> int:
         raw = str(OUT / f"profile-{what}.txt")
         spy = subprocess.Popen(
             [*PYSPY, "record", "--pid", str(app.pid), "--duration", str(int(seconds - 2)), "--rate", "250",
-             "--format", "raw", "--output", raw, "--nonblocking"],
+             "--format", "raw", "--output", raw, *(["--nonblocking"] if NONBLOCKING else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         result: list[load.LoadResult] = []

@@ -11,7 +11,7 @@ loss; Redis runs with an append-only file so that the loss itself is the rare ca
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
@@ -39,9 +39,12 @@ def ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def ms_to_datetime(value: int) -> datetime:
-    """An epoch-milliseconds instant as an aware UTC datetime, exactly (no float rounding)."""
-    return datetime.fromtimestamp(value // 1000, UTC).replace(microsecond=(value % 1000) * 1000)
+    """An epoch-milliseconds instant as an aware UTC datetime, exactly (integer arithmetic, no float)."""
+    return _EPOCH + timedelta(milliseconds=value)
 
 
 def claim_window_ms(template: TemplateRecord) -> tuple[int, int]:
