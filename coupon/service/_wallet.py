@@ -45,9 +45,14 @@ _STORED: dict[str, tuple[str, ...]] = {
 def wallet_cache(kernel: Kernel) -> TwoLevelCache[WalletPage]:
     """The two-level cache of first wallet pages."""
     cache: TwoLevelCache[WalletPage] = kernel.cache(
-        WALLET_CACHE, WalletPage, local_ttl_s=5.0, redis_ttl_s=300.0, negative_ttl_s=15.0
+        WALLET_CACHE, WalletPage, local_ttl_s=5.0, redis_ttl_s=300.0, negative_ttl_s=15.0, slot_of=wallet_slot
     )
     return cache
+
+
+def wallet_slot(key: str) -> str:
+    """The group of a wallet cache key: its user (a new coupon drops three of a user's pages in one call)."""
+    return key.partition(":")[0]
 
 
 def wallet_key(user_id: int, variant: str) -> str:

@@ -22,10 +22,16 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 # KEYS: value key, generation key.  Returns the new generation.
+# KEYS: value, generation[, value, generation ...] (one or more entries, all in one Cluster slot).
+# Drops each value and bumps its generation (so a loader that read before cannot store after); returns the
+# last generation.
 _INVALIDATE = """
-redis.call('DEL', KEYS[1])
-local g = redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], 86400000)
+local g = 0
+for i = 1, #KEYS, 2 do
+  redis.call('DEL', KEYS[i])
+  g = redis.call('INCR', KEYS[i + 1])
+  redis.call('PEXPIRE', KEYS[i + 1], 86400000)
+end
 return g
 """
 

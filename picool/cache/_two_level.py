@@ -35,7 +35,12 @@ class CacheStats:
 
 
 class TwoLevelCache(Generic[T]):
-    """A named cache of values of type ``T`` (msgspec-serialisable)."""
+    """A named cache of values of type ``T`` (msgspec-serialisable).
+
+    ``slot_of`` names the group of a key (say, the user of ``"<user>:<variant>"``): a group's entries share
+    one Redis Cluster slot, so :meth:`invalidate_many` clears each group in one script call. Every process
+    must build a cache of one name with the same ``slot_of`` (it decides the Redis keys).
+    """
 
     def __init__(
         self,
@@ -48,8 +53,10 @@ class TwoLevelCache(Generic[T]):
         redis_ttl_s: float = 300.0,
         negative_ttl_s: float = 15.0,
         jitter: float = 0.2,
+        slot_of: Callable[[str], str] | None = None,
     ) -> None:
         self.name = name
+        self.slot_of = slot_of
         self.bus = bus
         self.redis = bus.redis
         self.local: TTLCache[str, Any] = TTLCache(maxsize=local_max, ttl=local_ttl_s)
@@ -63,8 +70,11 @@ class TwoLevelCache(Generic[T]):
         bus.attach(self)
 
     def _k(self, key: str) -> str:
-        # One hash tag per entry keeps the value and its generation in one Redis Cluster slot.
-        return f"picool:c:{{{self.name}:{key}}}"
+        # One hash tag per entry keeps the value and its generation in one Redis Cluster slot; with ``slot_of``
+        # the tag is the key's group instead, so a group's entries share one (and are invalidated together).
+        if self.slot_of is None:
+            return f"picool:c:{{{self.name}:{key}}}"
+        return f"picool:c:{{{self.name}:{self.slot_of(key)}}}:{key}"
 
     def _ttl_ms(self, base: float) -> int:
         return int(base * 1000 * (1 + random.uniform(-self.jitter, self.jitter)))
@@ -224,7 +234,8 @@ class TwoLevelCache(Generic[T]):
         await self.bus.publish(self.name, key)
 
     async def invalidate_many(self, keys: list[str], *, clear_above: int = 16) -> None:
-        """:meth:`invalidate` for many keys in one Redis round trip (a pipeline, not a transaction).
+        """:meth:`invalidate` for many keys in one Redis round trip (a pipeline, not a transaction), one
+        script call per Cluster slot (per key, or per ``slot_of`` group).
 
         Past ``clear_above`` keys the other processes are told to drop their whole local copy of this
         cache in one message rather than one message per key (every process reads every message).
@@ -233,10 +244,7 @@ class TwoLevelCache(Generic[T]):
             return
         for key in keys:
             self.local.pop(key, None)
-        commands: list[tuple[Any, ...]] = []
-        for key in keys:
-            rkey = self._k(key)
-            commands.append(("EVALSHA", self.bus.invalidate_script.sha, 2, rkey, rkey + ":gen"))
+        commands = self.invalidation_commands(keys)
         if len(keys) > clear_above:
             commands.append(("PUBLISH", CHANNEL, f"{self.name}\x00*"))
         else:
@@ -247,6 +255,16 @@ class TwoLevelCache(Generic[T]):
             # Redis restarted and lost the script: load it and go again (a second bump is harmless).
             await self.redis.script_load(_INVALIDATE)
             await direct(self.redis).execute_many(commands)
+
+    def invalidation_commands(self, keys: list[str]) -> list[tuple[Any, ...]]:
+        """The script calls that drop ``keys`` from Redis and bump their generations: one per Cluster slot
+        (per key, or per group of keys when ``slot_of`` groups them)."""
+        slots: dict[str, list[str]] = {}
+        for key in keys:
+            rkey = self._k(key)
+            slots.setdefault(key if self.slot_of is None else self.slot_of(key), []).extend((rkey, rkey + ":gen"))
+        sha = self.bus.invalidate_script.sha
+        return [("EVALSHA", sha, len(group), *group) for group in slots.values()]
 
     async def set(self, key: str, value: T) -> None:
         """Write a freshly computed value through both levels."""

@@ -192,7 +192,7 @@ async def test_invalidation_reaches_another_process(
     await bus.start()
     try:
         other: TwoLevelCache[coupon_service.WalletPage] = TwoLevelCache(
-            _wallet.WALLET_CACHE, bus, coupon_service.WalletPage, local_ttl_s=60.0
+            _wallet.WALLET_CACHE, bus, coupon_service.WalletPage, local_ttl_s=60.0, slot_of=_wallet.wallet_slot
         )
 
         async def load() -> coupon_service.WalletPage:

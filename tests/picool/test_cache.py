@@ -191,3 +191,29 @@ async def test_invalidate_many_per_key_and_wholesale(client: httpx.AsyncClient, 
 
 async def _dropped(cache: TwoLevelCache[Item], keys: list[str]) -> bool:
     return all(k not in cache.local for k in keys)
+
+
+async def test_grouped_keys_share_a_slot_and_go_in_one_script_call_per_group(
+    client: httpx.AsyncClient, kernel: Kernel
+) -> None:
+    cache = kernel.cache("t.grouped", Item, slot_of=lambda key: key.partition(":")[0])
+    keys = ["u1:all", "u1:unused", "u2:all"]
+
+    async def load(n: int) -> Item | None:
+        return Item(name="v", n=n)
+
+    for key in keys:
+        await cache.get(key, lambda: load(1))
+    assert cache._k("u1:all") == "picool:c:{t.grouped:u1}:u1:all"  # the group is the Cluster hash tag
+    gens_before = [int(await kernel.redis.get(cache._k(k) + ":gen") or 0) for k in keys]
+    calls = cache.invalidation_commands(keys)  # u1's two entries in one call, u2's in another
+    assert [c[2:] for c in calls] == [
+        (4, cache._k("u1:all"), cache._k("u1:all") + ":gen", cache._k("u1:unused"), cache._k("u1:unused") + ":gen"),
+        (2, cache._k("u2:all"), cache._k("u2:all") + ":gen"),
+    ]
+    await cache.invalidate_many(keys)
+    for key, before in zip(keys, gens_before, strict=True):
+        assert await kernel.redis.get(cache._k(key)) is None
+        assert int(await kernel.redis.get(cache._k(key) + ":gen")) == before + 1  # a loader in flight can't store
+        assert key not in cache.local
+    assert (await cache.get("u1:unused", lambda: load(2))) == Item(name="v", n=2)
