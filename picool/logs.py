@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import contextvars
+import copy
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 import time
 from typing import Any
@@ -24,7 +28,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        rid = request_id_var.get()
+        rid = getattr(record, "request_id", None) or request_id_var.get()
         if rid:
             out["request_id"] = rid
         for k, v in record.__dict__.items():
@@ -32,6 +36,8 @@ class JsonFormatter(logging.Formatter):
                 out[k] = v
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc"] = record.exc_text
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
@@ -40,23 +46,81 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
-        rid = request_id_var.get()
+        rid = getattr(record, "request_id", None) or request_id_var.get()
         return f"{base} [{rid}]" if rid else base
 
 
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands records to the writer thread without ever blocking: the record is made self-contained here
+    (message merged, traceback rendered, request id captured, since context variables stay in this thread)
+    and dropped, counted, when the queue is full."""
+
+    def __init__(self, q: queue.Queue[logging.LogRecord]) -> None:
+        super().__init__(q)
+        self.dropped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        out = copy.copy(record)
+        out.msg = record.getMessage()
+        out.args = None
+        if record.exc_info:
+            out.exc_text = _FORMATTER.formatException(record.exc_info)
+        out.exc_info = None
+        if not hasattr(out, "request_id"):
+            rid = request_id_var.get()
+            if rid:
+                out.request_id = rid
+        return out
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+_FORMATTER = logging.Formatter()
+_QUEUE_MAX = 50_000
+_RUNNING: list[tuple[logging.handlers.QueueListener, _Enqueue]] = []  # the writer thread and its handler
+
+
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
-    """Install the root handler once (idempotent)."""
+    """Install the root handler once (idempotent).
+
+    Records go through a bounded queue to one writer thread, which formats and writes them to stderr: a
+    request never waits for a write (a log file behind a busy disk or a slow pipe stalled the event loop
+    for tens of milliseconds, every request in flight with it). The queue is drained at exit; a record
+    that finds it full is dropped and counted rather than wait.
+    """
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_picool", False):
             root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
-    handler._picool = True  # type: ignore[attr-defined]
+    flush_logging()
+    writer = logging.StreamHandler(sys.stderr)
     if json_lines:
-        handler.setFormatter(JsonFormatter())
+        writer.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S"))
+        writer.setFormatter(TextFormatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S"))
+    records: queue.Queue[logging.LogRecord] = queue.Queue(_QUEUE_MAX)
+    handler = _Enqueue(records)
+    handler._picool = True  # type: ignore[attr-defined]
+    listener = logging.handlers.QueueListener(records, writer, respect_handler_level=False)
+    listener.start()
+    _RUNNING.append((listener, handler))
     root.addHandler(handler)
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "kafka", "asyncio", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def flush_logging() -> None:
+    """Write every queued record and stop the writer (at exit, and before logging is configured anew)."""
+    while _RUNNING:
+        listener, handler = _RUNNING.pop()
+        listener.stop()  # writes what it holds first
+        if handler.dropped:
+            print(f"picool.logs: {handler.dropped} log records dropped (the writer fell behind)", file=sys.stderr)
+
+
+atexit.register(flush_logging)

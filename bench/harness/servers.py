@@ -210,7 +210,8 @@ class App:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return 0
-        return sum(1 for line in text.splitlines() if '"level": "ERROR"' in line or '"levelname": "ERROR"' in line)
+        # picool.logs writes the level in lower case ("error"); "critical" counts too.
+        return sum(1 for line in text.splitlines() if '"level": "error"' in line or '"level": "critical"' in line)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM (a clean stop, as in production), then SIGKILL if it hangs."""
