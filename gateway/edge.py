@@ -115,22 +115,23 @@ class EdgeMiddleware:
         if limits is not None:
             if limits.ip is not None:
                 ip = client_ip(scope, self._trusted)
-                checks.append((group, "ip", f"{group}:ip:{ip}", limits.ip, None))
+                checks.append((group, "ip", f"{{ip:{ip}}}:{group}", limits.ip, None))
             if limits.user is not None and user_id is not None:
-                checks.append((group, "user", f"{group}:user:{user_id}", limits.user, None))
+                checks.append((group, "user", f"{{user:{user_id}}}:{group}", limits.user, None))
         method = str(scope.get("method", ""))
         for limited in self._route_limits:
             if not limited.applies(method, path):
                 continue
             if limited.per_ip is not None:
                 ip = ip or client_ip(scope, self._trusted)
-                checks.append((limited.name, "ip", f"{limited.name}:ip:{ip}", limited.per_ip, limited))
+                checks.append((limited.name, "ip", f"{{ip:{ip}}}:{limited.name}", limited.per_ip, limited))
             if limited.per_user is not None and user_id is not None:
-                checks.append((limited.name, "user", f"{limited.name}:user:{user_id}", limited.per_user, limited))
+                checks.append((limited.name, "user", f"{{user:{user_id}}}:{limited.name}", limited.per_user, limited))
         if not checks:
             return None, ""
         try:
-            # One round trip; each limit counts the request whatever the others decide.
+            # One round trip, one script call per subject (the keys of one address, or of one account, share
+            # a hash tag); each limit counts the request whatever the others decide.
             decisions = await self._limiter.hit_many([(key, limit) for _label, _by, key, limit, _route in checks])
         except Exception:
             log.warning("rate limiter unavailable; admitting", exc_info=True)

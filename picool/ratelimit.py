@@ -2,8 +2,9 @@
 
 A limit "N per W seconds" means: in any window of W seconds, at most N requests are let through.
 Each key holds a sorted set of the admitted requests' timestamps; the script drops the ones that left
-the window, counts the rest and admits the request only if the count is below N. The script touches
-one key, so it works unchanged on Redis Cluster.
+the window, counts the rest and admits the request only if the count is below N. One script call checks
+the keys of one hash tag (one Cluster slot; a key without a tag alone), so it works unchanged on Redis
+Cluster.
 """
 
 from __future__ import annotations
@@ -15,31 +16,37 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from picool.redis import DirectScript, direct
 
-# KEYS[1]: the window set. ARGV: now_ms, window_ms, limit, member.
-# Returns {admitted(0/1), count_after, oldest_ms}.
+# KEYS: one window set per limit (all in one Cluster slot). ARGV: now_ms, then per key: window_ms, limit, member.
+# Returns per key {admitted(0/1), count_after, oldest_ms}; each key is decided by itself.
 _SLIDING = """
 local now = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
-local admitted = 0
-if count < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[4])
-  count = count + 1
-  admitted = 1
+local out = {}
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local window = tonumber(ARGV[3 * i - 1])
+  local limit = tonumber(ARGV[3 * i])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local count = redis.call('ZCARD', key)
+  local admitted = 0
+  if count < limit then
+    redis.call('ZADD', key, now, ARGV[3 * i + 1])
+    count = count + 1
+    admitted = 1
+  end
+  redis.call('PEXPIRE', key, window)
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  local oldest_ms = now
+  if oldest[2] then oldest_ms = tonumber(oldest[2]) end
+  out[i] = {admitted, count, oldest_ms}
 end
-redis.call('PEXPIRE', KEYS[1], window)
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local oldest_ms = now
-if oldest[2] then oldest_ms = tonumber(oldest[2]) end
-return {admitted, count, oldest_ms}
+return out
 """
 
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -122,29 +129,59 @@ class RateLimiter:
 
     async def hit(self, key: str, limit: Limit) -> Decision:
         """Count one request for ``key`` against ``limit``; admitted requests are the only ones counted."""
-        now_ms = int(time.time() * 1000)
-        window_ms = limit.window_s * 1000
-        admitted, count, oldest_ms = await self._script(
-            [f"{self.prefix}{key}"], [now_ms, window_ms, limit.limit, _member(now_ms)]
-        )
-        return _decision(limit, now_ms, admitted, count, oldest_ms)
+        return (await self.hit_many([(key, limit)]))[0]
 
     async def hit_many(self, checks: list[tuple[str, Limit]]) -> list[Decision]:
         """:meth:`hit` for several keys in one Redis round trip (a pipeline: each key is still checked
-        atomically by itself, and each counts the request whatever the others decide)."""
+        atomically by itself, and each counts the request whatever the others decide). Keys with the same
+        hash tag (``"{ip:10.0.0.1}:default"``, ``"{ip:10.0.0.1}:claims"``: one Cluster slot) go in one
+        script call."""
         if not checks:
             return []
         now_ms = int(time.time() * 1000)
-        commands = [
-            self._script.command([f"{self.prefix}{key}"], [now_ms, limit.window_s * 1000, limit.limit, _member(now_ms)])
-            for key, limit in checks
-        ]
+        groups = _groups(checks)
+        commands = self.commands(checks, now_ms, groups)
         try:
             replies = await self._script.direct.execute_many(commands)
         except NoScriptError:  # Redis restarted: nothing ran, load it and go again
             await self._script.load()
             replies = await self._script.direct.execute_many(commands)
-        return [_decision(limit, now_ms, *reply) for (_key, limit), reply in zip(checks, replies, strict=True)]
+        out: list[Decision | None] = [None] * len(checks)
+        for members, reply in zip(groups.values(), replies, strict=True):
+            for i, (admitted, count, oldest_ms) in zip(members, reply, strict=True):
+                out[i] = _decision(checks[i][1], now_ms, admitted, count, oldest_ms)
+        return [d for d in out if d is not None]
+
+    def commands(
+        self, checks: list[tuple[str, Limit]], now_ms: int, groups: dict[str, list[int]] | None = None
+    ) -> list[list[Any]]:
+        """The script calls that check ``checks`` at ``now_ms``: one per hash tag (a key without one alone)."""
+        commands = []
+        for members in (groups or _groups(checks)).values():
+            args: list[Any] = [now_ms]
+            for i in members:
+                limit = checks[i][1]
+                args += [limit.window_s * 1000, limit.limit, _member(now_ms)]
+            commands.append(self._script.command([f"{self.prefix}{checks[i][0]}" for i in members], args))
+        return commands
+
+
+def _groups(checks: list[tuple[str, Limit]]) -> dict[str, list[int]]:
+    """The indexes of ``checks`` by hash tag, in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for i, (key, _limit) in enumerate(checks):
+        groups.setdefault(_hash_tag(key) or f"\x00{i}", []).append(i)
+    return groups
+
+
+def _hash_tag(key: str) -> str | None:
+    """The hash tag of a key as Redis Cluster reads it (the text between the first ``{`` and the next ``}``,
+    when not empty), or None."""
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    return key[start + 1 : end] if end > start + 1 else None
 
 
 _PROCESS = [os.urandom(6).hex()]  # in a list so a forked child can replace it
