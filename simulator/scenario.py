@@ -315,13 +315,17 @@ class Simulation:
         run_id = r.run["id"]
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+        t0_ms = int(time.time() * 1000)  # the phone's clock as it sets off, after the accept
         last_ts = _ms(r.run["accepted_at"])
         batch: list[dict[str, Any]] = []
         k = 1
         while k <= plan.duration_s:
             await asyncio.sleep(max(0.0, t0 + k - loop.time()))
-            # Real time, as a phone stamps it (never before the accept, always increasing).
-            last_ts = max(last_ts + 1, int(time.time() * 1000))
+            # Stamped on the phone's schedule, one fix a second from setting off, as its GPS stamps them
+            # however late this process gets round to it (a busy machine used to bunch several fixes into
+            # one millisecond, which the server's smoothing rightly read as a shorter run); never before
+            # the accept, always increasing, never in the future (the sleep above saw to that).
+            last_ts = max(last_ts + 1, t0_ms + 1000 * k)
             fix = plan.fix(float(k), last_ts)
             r.fixes.append((fix.lat, fix.lon))
             batch.append(fix.as_json())
