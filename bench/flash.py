@@ -9,14 +9,15 @@ persistence lag (201 → row in PostgreSQL), and the invariants after the run.
   (access tokens minted with the app's signing key); claim rate limits on but far above the load, so
   their checks are paid as in production;
 - per concurrency (64, 256): ``GET /api/v1/ping`` with the same bearer tokens (the edge does the same
-  work: token, rate limits, metrics) — the ceiling — then ``POST /flash-sessions/{id}/claims``;
+  work: token, rate limits, metrics) — the ceiling — then ``POST /flash-sessions/{id}/claims``; at 64,
+  also the claims offered on a fixed schedule at 50 % of the ceiling (the p99 target), 40 % and 25 %;
 - a probe claims 25 times a second alongside the load and polls PostgreSQL for each coupon it got: the
   time from its 201 to the row being visible (also, for every claim of the run, the time from the claim
   to the consumer writing it, from the rows themselves);
 - afterwards: every claim Redis accepted is in PostgreSQL once (ledger = rows = counter, nothing
   pending), every probe 201 is a row, every load response was 201, no oversell, nobody over the limit.
 
-    uv run python bench/flash.py [--seconds N]      # default 8 s per phase; ~2 minutes in all
+    uv run python bench/flash.py [--seconds N]      # default 8 s per phase; about 2.5 minutes in all
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ PER_USER_LIMIT = 10_000_000
 STOCK = 3_000_000
 PROBE_PER_S = 25
 CONCURRENCY = (64, 256)
+PACED_SHARES = (0.5, 0.4, 0.25)  # of the ceiling, offered on a fixed schedule by 64 connections (the p99 target: 50 %)
 WARMUP_S = 1.5
 # On and far above the load: their checks are part of every claim, as in production. One-second windows, like
 # the edge's (harness.servers.NO_LIMITS): a production claim limit (10 per address in 5 minutes) keeps a set
@@ -372,16 +374,27 @@ def main() -> int:
                 # than the ping itself serves here): p99 there says how long the queue is, not how fast a
                 # claim is. So the p99 target is taken with the same 64 connections offering the throughput
                 # target (50 % of the ceiling) on a fixed schedule.
-                offered = 0.5 * ceiling.rps
-                with Sampler(app.pid) as sampler:
-                    paced = load.run(f"claims c={c}, 50% of ceiling offered", app.port, claims, concurrency=c,
-                                     duration_s=seconds, warmup_s=WARMUP_S, rate=offered)  # fmt: skip
-                http_row(res, f"claims c={c}, 50% of ceiling offered", paced, sampler, ceiling_rps=ceiling.rps,
-                         role="claims-paced", offered_rps=round(offered, 1))  # fmt: skip
-                all_ok(res, f"claims c={c} paced", paced, expect=(201,))
-                res.target("claim p99 < 50 ms at 64 clients, 50% of the ceiling offered", paced.percentile(99) < 50,
-                           f"p99 {paced.percentile(99):.1f} ms at {paced.rps:.0f}/s; "
-                           f"saturated (closed loop): p99 {result.percentile(99):.0f} ms")  # fmt: skip
+                # Then lighter schedules, to show where the tail comes from: the same claims, less of the app's
+                # capacity in use (50 % of the ceiling is most of what the claims can take on this machine).
+                for share in PACED_SHARES:
+                    offered = share * ceiling.rps
+                    name = f"claims c={c}, {share:.0%} of ceiling offered"
+                    with Sampler(app.pid) as sampler:
+                        paced = load.run(name, app.port, claims, concurrency=c, duration_s=seconds,
+                                         warmup_s=WARMUP_S, rate=offered)  # fmt: skip
+                    http_row(res, name, paced, sampler, ceiling_rps=ceiling.rps, role="claims-paced",
+                             offered_rps=round(offered, 1), offered_share=share,
+                             of_claim_capacity=round(offered / max(result.rps, 1e-9), 2))  # fmt: skip
+                    all_ok(res, f"claims c={c} paced {share:.0%}", paced, expect=(201,))
+                    if share == 0.5:
+                        res.target("claim p99 < 50 ms at 64 clients, 50% of the ceiling offered",
+                                   paced.percentile(99) < 50,
+                                   f"p99 {paced.percentile(99):.1f} ms at {paced.rps:.0f}/s "
+                                   f"({offered / max(result.rps, 1e-9):.0%} of the claims' own capacity); "
+                                   f"saturated (closed loop): p99 {result.percentile(99):.0f} ms")  # fmt: skip
+                    else:
+                        res.note(f"{name}: p99 {paced.percentile(99):.1f} ms, p50 {paced.percentile(50):.1f} ms "
+                                 f"({offered / max(result.rps, 1e-9):.0%} of the claims' own capacity)")  # fmt: skip
             else:
                 res.target(f"claims >= 50% of the ceiling (c={c})", row["ratio"] >= 0.5, f"x{row['ratio']:.2f}")
             gen_rps = res.extra[f"generator_rps_{c}"]
