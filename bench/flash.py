@@ -18,6 +18,8 @@ persistence lag (201 → row in PostgreSQL), and the invariants after the run.
   pending), every probe 201 is a row, every load response was 201, no oversell, nobody over the limit.
 
     uv run python bench/flash.py [--seconds N]      # default 8 s per phase; about 2.5 minutes in all
+    uv run python bench/flash.py --pin              # the app on CPU 0, the rest on CPU 1 (less preemption;
+                                                    # the load generator's own ceiling is then one core's)
 """
 
 from __future__ import annotations
@@ -311,7 +313,13 @@ async def _settle_and_check(res: Results, servers: Servers, seeded: Seeded, prob
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per phase")
+    parser.add_argument("--pin", action="store_true",
+                        help="the app on CPU 0, everything else (servers, load generator, probe) on CPU 1")  # fmt: skip
     args = parser.parse_args()
+    if args.pin:
+        import os
+
+        os.sched_setaffinity(0, {1})  # this process and all it starts from now on
     seconds = max(2.0, min(args.seconds, 30.0))
     install_signal_handlers()
     res = Results("flash")
@@ -325,6 +333,9 @@ def main() -> int:
         res.extra[f"generator_rps_{c}"] = s["rps"]
 
     with embedded_servers() as servers, App(servers, name="flash", **CLAIM_LIMITS) as app:
+        if args.pin:
+            psutil.Process(app.pid).cpu_affinity([0])
+            res.extra["pinned"] = "app on CPU 0; servers, load generator and probe on CPU 1"
         seeded = asyncio.run(_seed(servers, app))
         claim_path = f"/api/v1/coupon/flash-sessions/{seeded.session_id}/claims"
         pings = [load.get(PING, {"Authorization": f"Bearer {t}"}) for t in seeded.tokens]
