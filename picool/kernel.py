@@ -136,8 +136,10 @@ class Kernel:
             for hook in sub.on_startup:
                 await hook(self)
         run_workers = s.workers_enabled if workers is None else workers
+        run_consumers = run_workers and s.consumers_enabled
         if run_workers:
             self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        if run_consumers:
             for sub in self.subsystems:
                 for consumer in sub.consumers:
                     self._consumers.append(consumer)
@@ -146,7 +148,7 @@ class Kernel:
                     self._periodics.append(job)
                     self._tasks.append(asyncio.create_task(job.run(), name=f"periodic-{job.name}"))
         self.started = True
-        log.info("kernel started", extra={"node": node, "workers": run_workers})
+        log.info("kernel started", extra={"node": node, "workers": run_workers, "consumers": run_consumers})
 
     @property
     def consumers(self) -> list[ConsumerWorker]:

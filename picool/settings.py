@@ -60,7 +60,10 @@ class Settings:
     outbox_batch: int = 500
     log_level: str = "INFO"
     log_format: str = "auto"  # json | text | auto (text in dev, json elsewhere)
-    workers_enabled: bool = True
+    workers_enabled: bool = True  # background work in this process: the outbox relay, and (below) the rest
+    # Kafka consumers and periodic jobs (with workers_enabled). `picool serve --no-consumers` turns them off
+    # in processes that only serve HTTP, and `picool work` runs them apart (a split deployment).
+    consumers_enabled: bool = True
     # "group:ip=N/SECONDS,user=N/SECONDS;group2:..." (see gateway/edge.py for the groups)
     rate_limits: str = "default:ip=1200/60,user=600/60;auth:ip=60/60"
     # Coupon claims (template and flash): "N/SECONDS" per client IP and per runner; "" turns one off.

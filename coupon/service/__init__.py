@@ -22,6 +22,7 @@ from coupon.service._flash import (
 from coupon.service._issue import IssueOutcome, IssueRequest, IssueResult, issue_coupon, new_identifiers
 from coupon.service._lifecycle import expire_due, get_coupon, set_frozen
 from coupon.service._persist import CONSUMER as CLAIMS_CONSUMER
+from coupon.service._persist import GRACE_MS as CLAIMS_GRACE_MS
 from coupon.service._persist import ReconcileReport, handle_claims, persist_claims, reconcile, stored_ids
 from coupon.service._pools import claim_store, create_pool, ensure_pool
 from coupon.service._premade import Issued, PremadeCoupon, issue_premade
@@ -55,6 +56,7 @@ from coupon.service._wallet import (
 
 __all__ = [
     "CLAIMS_CONSUMER",
+    "CLAIMS_GRACE_MS",
     "PAGE_SIZE",
     "Actor",
     "ClaimDenied",

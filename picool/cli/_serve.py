@@ -136,24 +136,43 @@ def _serve(settings: Settings, banner: Callable[[], None] | None = None, subsyst
     return 0 if server.started else 3
 
 
+def _production_settings(**overrides: object) -> Settings:
+    """The settings of ``serve`` and ``work``: the environment's servers, or a running ``picool dev``'s."""
+    settings = _load_settings(**overrides)
+    if settings.uses_embedded:
+        running = read_running_stack(settings.data_path)
+        if running is None:
+            raise click.UsageError(
+                "this command needs PICOOL_DATABASE_URL, PICOOL_REDIS_URL and PICOOL_KAFKA_BOOTSTRAP "
+                "(or a running `picool dev` on --data-dir)"
+            )
+        settings = settings.with_(**{f: getattr(settings, f) or running.get(f, "") for f in URL_FIELDS})
+    return settings
+
+
 @main.command()
 @click.argument("subsystem", required=False, type=click.Choice(["all", "gateway", "auth", "run", "coupon"]))
 @click.option("--host", default=None)
 @click.option("--port", default=None, type=int)
 @click.option("--workers", default=1, show_default=True, type=int, help="Worker processes (uvicorn).")
 @click.option("--upstream", multiple=True, help="name=URL of a subsystem served elsewhere (gateway only).")
-def serve(subsystem: str | None, host: str | None, port: int | None, workers: int, upstream: tuple[str, ...]) -> None:
+@click.option(
+    "--no-consumers",
+    is_flag=True,
+    help="Serve HTTP only: leave the Kafka consumers and periodic jobs to `picool work` processes.",
+)
+def serve(
+    subsystem: str | None,
+    *,
+    host: str | None,
+    port: int | None,
+    workers: int,
+    upstream: tuple[str, ...],
+    no_consumers: bool,
+) -> None:
     """Run only the app against the servers the PICOOL_* variables name (production)."""
     signal.signal(signal.SIGTERM, _terminate_as_exit)
-    settings = _load_settings(host=host, port=port)
-    if settings.uses_embedded:
-        running = read_running_stack(settings.data_path)
-        if running is None:
-            raise click.UsageError(
-                "picool serve needs PICOOL_DATABASE_URL, PICOOL_REDIS_URL and PICOOL_KAFKA_BOOTSTRAP "
-                "(or a running `picool dev` on --data-dir)"
-            )
-        settings = settings.with_(**{f: getattr(settings, f) or running.get(f, "") for f in URL_FIELDS})
+    settings = _production_settings(host=host, port=port, consumers_enabled=False if no_consumers else None)
     env = dict(os.environ)
     names: list[str] | None = None
     if subsystem and subsystem not in {"all", "gateway"}:
@@ -176,6 +195,8 @@ def serve(subsystem: str | None, host: str | None, port: int | None, workers: in
             env[f"PICOOL_{f.upper()}"] = getattr(settings, f)
         if names:
             env["PICOOL_SUBSYSTEMS"] = ",".join(names)
+        if no_consumers:
+            env["PICOOL_CONSUMERS_ENABLED"] = "false"
         os.environ.update(env)
         uvicorn.run(
             "gateway.app:create_app_from_env",
@@ -190,3 +211,52 @@ def serve(subsystem: str | None, host: str | None, port: int | None, workers: in
         )
         return
     sys.exit(_serve(settings, subsystems=names))
+
+
+@main.command()
+@click.argument("subsystem", required=False, type=click.Choice(["all", "auth", "run", "coupon"]))
+@click.option("--ready-timeout", default=60.0, show_default=True, type=float,
+              help="Seconds to wait for the consumers to join their groups before saying so.")  # fmt: skip
+def work(subsystem: str | None, ready_timeout: float) -> None:
+    """Run only the background work against the PICOOL_* servers: the Kafka consumers (claims to
+    PostgreSQL, rewards), the periodic jobs (claim reconciler, expiry sweeps) and the outbox relay; no HTTP.
+
+    The other half of `picool serve --no-consumers`: the serving processes answer requests and nothing
+    else, and as many `picool work` processes as the load needs share the consumer groups. SIGTERM or
+    Ctrl-C stops it in order (consumers drain what they hold and commit).
+    """
+    settings = _production_settings(workers_enabled=True, consumers_enabled=True)
+    names = [subsystem] if subsystem and subsystem != "all" else None
+    sys.exit(_work(settings, names, ready_timeout))
+
+
+def _work(settings: Settings, subsystems: list[str] | None, ready_timeout: float) -> int:
+    import uvloop
+
+    from gateway.app import create_app
+
+    # The whole app is built (never served): its lifespan starts the kernel, and in-process calls between
+    # subsystems (a service token from auth, say) go through its ASGI handler as in `picool serve`.
+    app = create_app(settings, subsystems)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with app.lifespan():
+            kernel = app.state.kernel
+            consumers = ", ".join(c.name for c in kernel.consumers) or "none"
+            try:
+                await kernel.wait_consumers_ready(ready_timeout)
+            except TimeoutError:
+                _echo(f"Picool work: consumers not assigned partitions after {ready_timeout:g}s; still trying")
+            else:
+                _echo(f"Picool work: ready (consumers: {consumers}); Ctrl-C or SIGTERM stops it")
+            await stop.wait()
+            _echo("Picool work: stopping (consumers drain and commit) ...")
+        _echo("Picool work: stopped.")
+
+    tune_for_serving()
+    uvloop.run(run())
+    return 0
