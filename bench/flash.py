@@ -3,8 +3,10 @@ persistence lag (201 → row in PostgreSQL), and the invariants after the run.
 
 - the load generator's own ceiling against a canned server (so the app, not the generator, is measured);
 - embedded PostgreSQL/Redis/Kafka (tuning ``dev``, as ``picool dev``) and the app started exactly as
-  ``picool serve`` starts it (one uvicorn worker, uvloop, httptools), workers on: the claim consumer
-  and the reconciler run in the same process as the HTTP server, as they would in production;
+  ``picool serve`` starts it (one uvicorn worker, uvloop, httptools). By default in the split layout a
+  flash sale is deployed in: ``picool serve --no-consumers`` answers the requests and one ``picool work``
+  process runs the claim consumer and the reconciler; ``--single`` runs them in the serving process
+  instead (what ``picool serve`` alone does);
 - one platform template, one open flash session with a stock that does not run out, 2,000 runners
   (access tokens minted with the app's signing key); claim rate limits on but far above the load, so
   their checks are paid as in production;
@@ -20,12 +22,14 @@ persistence lag (201 → row in PostgreSQL), and the invariants after the run.
     uv run python bench/flash.py [--seconds N]      # default 8 s per phase; about 2.5 minutes in all
     uv run python bench/flash.py --pin              # the app on CPU 0, the rest on CPU 1 (less preemption;
                                                     # the load generator's own ceiling is then one core's)
+    uv run python bench/flash.py --single           # consumer and reconciler in the serving process
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -34,6 +38,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -41,7 +46,7 @@ import psutil
 from harness import accounts, load
 from harness.results import Results, http_row
 from harness.runs import PING, all_ok
-from harness.servers import App, Sampler, Servers, embedded_servers, install_signal_handlers
+from harness.servers import App, Sampler, Servers, Worker, embedded_servers, install_signal_handlers
 
 RUNNERS = 2000
 PER_USER_LIMIT = 10_000_000
@@ -315,6 +320,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per phase")
     parser.add_argument("--pin", action="store_true",
                         help="the app on CPU 0, everything else (servers, load generator, probe) on CPU 1")  # fmt: skip
+    parser.add_argument("--single", action="store_true",
+                        help="the claim consumer and reconciler in the serving process (no picool work)")  # fmt: skip
     args = parser.parse_args()
     if args.pin:
         import os
@@ -323,7 +330,10 @@ def main() -> int:
     seconds = max(2.0, min(args.seconds, 30.0))
     install_signal_handlers()
     res = Results("flash")
-    res.extra["command"] = f"uv run python bench/flash.py --seconds {seconds:g}"
+    res.extra["command"] = (
+        f"uv run python bench/flash.py --seconds {seconds:g}" + " --pin" * args.pin + (" --single" * args.single)
+    )
+    res.extra["layout"] = "single" if args.single else "split"
     print("flash: the load generator's own ceiling ...", flush=True)
     for c in CONCURRENCY:
         gen = load.generator_ceiling(c, 3.0)
@@ -332,10 +342,15 @@ def main() -> int:
                 rps=s["rps"], p50_ms=s["p50_ms"], p99_ms=s["p99_ms"], processes=gen.processes)  # fmt: skip
         res.extra[f"generator_rps_{c}"] = s["rps"]
 
-    with embedded_servers() as servers, App(servers, name="flash", **CLAIM_LIMITS) as app:
+    serve_args = () if args.single else ("--no-consumers",)
+    with (
+        embedded_servers() as servers,
+        App(servers, name="flash", serve_args=serve_args, **CLAIM_LIMITS) as app,
+        contextlib.nullcontext(None) if args.single else Worker(app) as worker,
+    ):
         if args.pin:
             psutil.Process(app.pid).cpu_affinity([0])
-            res.extra["pinned"] = "app on CPU 0; servers, load generator and probe on CPU 1"
+            res.extra["pinned"] = "app on CPU 0; servers, worker, load generator and probe on CPU 1"
         seeded = asyncio.run(_seed(servers, app))
         claim_path = f"/api/v1/coupon/flash-sessions/{seeded.session_id}/claims"
         pings = [load.get(PING, {"Authorization": f"Bearer {t}"}) for t in seeded.tokens]
@@ -358,18 +373,29 @@ def main() -> int:
             probe = Probe(app.base_url, claim_path, seeded.probe_tokens, servers.plain_database_url)
             probe.start()
             try:
-                with Sampler(app.pid) as sampler, AppCpu(app.pid) as cpu:
+                with (
+                    Sampler(app.pid) as sampler,
+                    AppCpu(app.pid) as cpu,
+                    AppCpu(app.pid if worker is None else worker.pid) as work_cpu,
+                ):
                     started = time.monotonic()
                     result = load.run(f"claims c={c}", app.port, claims, concurrency=c, duration_s=seconds,
                                       warmup_s=WARMUP_S)  # fmt: skip
             finally:
                 probe.stop()
-            claim_ms = cpu.cores(*_measured(c, seconds, WARMUP_S, started)) * 1000 / max(result.rps, 1e-9)
+            window = _measured(c, seconds, WARMUP_S, started)
+            claim_ms = cpu.cores(*window) * 1000 / max(result.rps, 1e-9)
+            extra: dict[str, float] = {}
+            if worker is not None:
+                extra["worker_cpu_ms_per_request"] = round(work_cpu.cores(*window) * 1000 / max(result.rps, 1e-9), 3)
             row = http_row(res, f"claims c={c}", result, sampler, ceiling_rps=ceiling.rps, role="claims",
                            app_cpu_ms_per_request=round(claim_ms, 3),
-                           cpu_ratio=round(ping_ms / claim_ms, 3))  # fmt: skip
-            res.note(f"c={c}: app CPU per request: ping {ping_ms:.2f} ms, claim {claim_ms:.2f} ms (consumer "
-                     f"included): on a core of its own, claims at {ping_ms / claim_ms:.0%} of the ping")  # fmt: skip
+                           cpu_ratio=round(ping_ms / claim_ms, 3), **extra)  # fmt: skip
+            where = "consumer included"
+            if worker is not None:
+                where = f"the consumer in picool work: {extra['worker_cpu_ms_per_request']:.2f} ms more there"
+            res.note(f"c={c}: app CPU per request: ping {ping_ms:.2f} ms, claim {claim_ms:.2f} ms ({where}): "
+                     f"on a core of its own, claims at {ping_ms / claim_ms:.0%} of the ping")  # fmt: skip
             all_ok(res, f"claims c={c}", result, expect=(201,))
             probe_lags += probe.lags
             probe_ids += probe.answered
@@ -421,18 +447,22 @@ def main() -> int:
         }
         asyncio.run(_settle_and_check(res, servers, seeded, probe_ids))
         res.check("app logged no errors", app.errors_logged() == 0, f"{app.errors_logged()} ERROR lines")
-        for text in _log_summary(app):
+        for text in _log_summary(app.log_path):
             res.note(text)
+        if worker is not None:
+            res.check("worker logged no errors", worker.errors_logged() == 0, f"{worker.errors_logged()} ERROR lines")
+            for text in _log_summary(worker.log_path):
+                res.note(f"worker: {text}")
     _print_table(res)
     res.save()
     return 1 if res.failed else 0
 
 
-def _log_summary(app: App) -> list[str]:
-    """The app's warnings and errors, counted by message and exception (what went wrong, if anything)."""
+def _log_summary(log_path: Path) -> list[str]:
+    """A process's warnings and errors, counted by message and exception (what went wrong, if anything)."""
     counts: Counter[str] = Counter()
     try:
-        lines = app.log_path.read_text(errors="replace").splitlines()
+        lines = log_path.read_text(errors="replace").splitlines()
     except OSError:
         return []
     for line in lines:

@@ -144,59 +144,16 @@ def embedded_servers(log: bool = True) -> Iterator[Servers]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-class App:
-    """One ``picool serve`` process (``python -m picool.cli serve``) on a free port."""
+class _Child:
+    """A child process of ours logging to ``log_path``: its pid, log tail, errors, and a clean stop."""
 
-    def __init__(
-        self,
-        servers: Servers,
-        *,
-        workers: int = 1,
-        name: str = "app",
-        command: list[str] | None = None,
-        cwd: Path | None = None,
-        **env: str,
-    ) -> None:
-        self.servers = servers
-        self.command = command or [sys.executable, "-m", "picool.cli"]
-        self.cwd = cwd or ROOT
-        self.port = free_port()
-        self.workers = workers
-        self.name = name
-        self.env = servers.env(self.port, **env)
-        self.log_path = servers.data_dir / f"{name}-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 90.0) -> App:
-        """Start the process and wait until ``/readyz`` answers 200."""
-        cmd = [*self.command, "serve", "--port", str(self.port)]
-        if self.workers > 1:
-            cmd += ["--workers", str(self.workers)]
-        with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(
-                cmd, cwd=self.cwd, env=self.env, stdout=logf, stderr=logf, preexec_fn=_child_setup
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(self.base_url + "/readyz", timeout=2) as resp:
-                    if resp.status == 200:
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} not ready in {timeout_s}s:\n{self.tail()}")
 
     def tail(self, n: int = 30) -> str:
         try:
@@ -205,7 +162,7 @@ class App:
             return ""
 
     def errors_logged(self) -> int:
-        """How many ERROR lines the app logged (a run should leave none)."""
+        """How many ERROR lines the process logged (a run should leave none)."""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
@@ -226,15 +183,99 @@ class App:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=5)
 
-    def __enter__(self) -> App:
-        return self.start()
-
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class App(_Child):
+    """One ``picool serve`` process (``python -m picool.cli serve``) on a free port."""
+
+    def __init__(
+        self,
+        servers: Servers,
+        *,
+        workers: int = 1,
+        name: str = "app",
+        command: list[str] | None = None,
+        cwd: Path | None = None,
+        serve_args: tuple[str, ...] = (),
+        **env: str,
+    ) -> None:
+        self.serve_args = serve_args
+        self.servers = servers
+        self.command = command or [sys.executable, "-m", "picool.cli"]
+        self.cwd = cwd or ROOT
+        self.port = free_port()
+        self.workers = workers
+        self.name = name
+        self.env = servers.env(self.port, **env)
+        self.log_path = servers.data_dir / f"{name}-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 90.0) -> App:
+        """Start the process and wait until ``/readyz`` answers 200."""
+        cmd = [*self.command, "serve", "--port", str(self.port), *self.serve_args]
+        if self.workers > 1:
+            cmd += ["--workers", str(self.workers)]
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(
+                cmd, cwd=self.cwd, env=self.env, stdout=logf, stderr=logf, preexec_fn=_child_setup
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(self.base_url + "/readyz", timeout=2) as resp:
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready in {timeout_s}s:\n{self.tail()}")
+
+    def __enter__(self) -> App:
+        return self.start()
 
     def rss_mb(self) -> float:
         """Resident memory of the app and its children now, in MiB."""
         return tree_rss(self.pid) / 2**20
+
+
+class Worker(_Child):
+    """One ``picool work`` process (consumers, periodic jobs, outbox relay; no HTTP), the other half of an app
+    started with ``serve_args=("--no-consumers",)``; same environment as ``app``'s."""
+
+    READY = "Picool work: ready"
+
+    def __init__(self, app: App, name: str = "work") -> None:
+        self.env = dict(app.env)
+        self.command = app.command
+        self.cwd = app.cwd
+        self.log_path = app.servers.data_dir / f"{name}-{app.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 90.0) -> Worker:
+        """Start it and wait until its consumers have their partitions."""
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [*self.command, "work"], cwd=self.cwd, env=self.env, stdout=logf, stderr=logf, preexec_fn=_child_setup
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            if self.READY in self.log_path.read_text(errors="replace"):
+                return self
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready in {timeout_s}s:\n{self.tail()}")
+
+    def __enter__(self) -> Worker:
+        return self.start()
 
 
 def tree_rss(pid: int) -> int:
