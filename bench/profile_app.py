@@ -6,7 +6,8 @@ its time goes: inclusive share per function, and the hottest self-time frames.
     uv run python bench/profile_app.py nearby [TASKS]    # nearby search, hot set (default 100000 tasks)
     uv run python bench/profile_app.py nearby-cold [TASKS]  # nearby search, local level cold, Redis warm
     uv run python bench/profile_app.py wallet            # wallet read, local-cache hit
-    uv run python bench/profile_app.py flash             # flash-session claims (claim consumer included)
+    uv run python bench/profile_app.py flash             # flash-session claims (split: the consumer in picool work)
+    uv run python bench/profile_app.py flash-single      # flash-session claims, the consumer in the app
 
 py-spy is not a project dependency: this runs it with ``uvx --from py-spy py-spy`` (PyPI), as root or with
 ptrace allowed. The collapsed stacks are kept in ``bench/out/profile-<what>.txt``.
@@ -15,13 +16,14 @@ ptrace allowed. The collapsed stacks are kept in ``bench/out/profile-<what>.txt`
 from __future__ import annotations
 
 import collections
+import contextlib
 import subprocess
 import sys
 import threading
 
 from harness import accounts, load
 from harness.results import OUT
-from harness.servers import App, embedded_servers, install_signal_handlers
+from harness.servers import App, Worker, embedded_servers, install_signal_handlers
 
 PYSPY = ["uvx", "--from", "py-spy", "py-spy"]
 NONBLOCKING = False  # blocking sampling: whole stacks (non-blocking reads tear many of them, losing their roots)
@@ -68,8 +70,14 @@ def main() -> int:
     seconds = 12.0
     import flash
 
-    env = flash.CLAIM_LIMITS if what == "flash" else {}
-    with embedded_servers() as servers, App(servers, **env) as app:
+    claims = what in {"flash", "flash-single"}
+    env = flash.CLAIM_LIMITS if claims else {}
+    serve_args = ("--no-consumers",) if what == "flash" else ()
+    with (
+        embedded_servers() as servers,
+        App(servers, serve_args=serve_args, **env) as app,
+        Worker(app) if serve_args else contextlib.nullcontext(),
+    ):
         if what == "ping":
             reqs = [load.get("/api/v1/ping")]
         elif what == "ping-token":
@@ -93,7 +101,7 @@ def main() -> int:
             import wallet
 
             reqs = wallet.setup(servers, app).requests()
-        elif what == "flash":
+        elif claims:
             import asyncio
 
             seeded = asyncio.run(flash._seed(servers, app))
