@@ -1,6 +1,8 @@
 """Chaos: a claim storm against the app as a real process, the process killed with SIGKILL in the middle of
 it, restarted; then every claim Redis accepted is in PostgreSQL exactly once, every 201 is among them, the
 only others are claims whose answer died with the process, nobody is over the limit and the stock adds up.
+Both layouts: one ``picool serve``, and the split one (``picool serve --no-consumers`` + ``picool work``,
+both killed, the worker in the middle of its batches).
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ KILL_AFTER_S = 1.5
 
 
 class AppProcess:
-    """``picool serve`` as a child process on a free port, against the test session's servers."""
+    """``picool serve`` as a child process on a free port, against the test session's servers; with
+    ``split``, ``picool serve --no-consumers`` and a ``picool work`` process beside it."""
 
-    def __init__(self, settings: Settings, tmp: Path) -> None:
+    def __init__(self, settings: Settings, tmp: Path, *, split: bool = False) -> None:
+        self.split = split
+        self.work: subprocess.Popen[bytes] | None = None
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmp = tmp
@@ -68,43 +73,67 @@ class AppProcess:
         self.starts += 1
         log = (self.tmp / f"app-{self.starts}.log").open("wb")
         env = {**self.env, "PICOOL_NODE_ID": str(220 + self.starts)}
+        split = ["--no-consumers"] if self.split else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "picool.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "picool.cli", "serve", "--port", str(self.port), *split],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
+        if self.split:
+            work_log = (self.tmp / f"work-{self.starts}.log").open("wb")
+            self.work = subprocess.Popen(
+                [sys.executable, "-m", "picool.cli", "work"],
+                env={**env, "PICOOL_NODE_ID": str(240 + self.starts)}, stdout=work_log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"app exited:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            if self.work is not None and self.work.poll() is not None:
+                raise AssertionError(f"worker exited:\n{self.log_tail()}")
+            if self._ready():
+                return
             time.sleep(0.1)
         raise AssertionError(f"app not ready:\n{self.log_tail()}")
 
+    def _ready(self) -> bool:
+        if self.work is not None:
+            text = (self.tmp / f"work-{self.starts}.log").read_text(errors="replace")
+            if "Picool work: ready" not in text:
+                return False
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        """SIGKILL: the serving process (and the worker, in the middle of whatever batch it holds)."""
+        for proc in (self.proc, self.work):
+            if proc is not None:
+                proc.send_signal(signal.SIGKILL)
+        for proc in (self.proc, self.work):
+            if proc is not None:
+                proc.wait(timeout=10)
 
     def stop(self) -> None:
         # Killed, not stopped: by then the test has what it wanted, and a graceful stop (draining the
         # consumers) would only cost time.
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        for proc in (self.proc, self.work):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
 
     def log_tail(self) -> str:
+        names = ["app", "work"] if self.split else ["app"]
         return "\n".join(
-            (self.tmp / f"app-{n}.log").read_text(errors="replace")[-2000:] for n in range(1, self.starts + 1)
+            (self.tmp / f"{name}-{n}.log").read_text(errors="replace")[-2000:]
+            for n in range(1, self.starts + 1)
+            for name in names
         )
 
 
-@pytest.fixture
-def app_process(stack_settings: Settings, tmp_path: Path) -> Iterator[AppProcess]:
-    proc = AppProcess(stack_settings, tmp_path)
+@pytest.fixture(params=["single", "split"])
+def app_process(stack_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[AppProcess]:
+    proc = AppProcess(stack_settings, tmp_path, split=request.param == "split")
     try:
         yield proc
     finally:
