@@ -121,3 +121,16 @@ def create_app_from_env() -> Litestar:
     app = create_app()
     tune_for_serving()
     return app
+
+
+def create_management_app(kernel: Kernel) -> Litestar:
+    """``/healthz``, ``/readyz`` and ``/metrics`` of ``kernel``'s process and nothing else: what a process
+    that serves no API (``picool work --metrics-port``) shows its orchestrator and Prometheus."""
+    app = Litestar(
+        route_handlers=[health.healthz, health.readyz, gateway_metrics.metrics_endpoint],
+        openapi_config=None,
+        debug=False,
+        logging_config=None,
+    )
+    app.state.kernel = kernel
+    return app

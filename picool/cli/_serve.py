@@ -9,7 +9,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import click
 
@@ -217,7 +217,10 @@ def serve(
 @click.argument("subsystem", required=False, type=click.Choice(["all", "auth", "run", "coupon"]))
 @click.option("--ready-timeout", default=60.0, show_default=True, type=float,
               help="Seconds to wait for the consumers to join their groups before saying so.")  # fmt: skip
-def work(subsystem: str | None, ready_timeout: float) -> None:
+@click.option("--metrics-port", default=None, type=int,
+              help="Serve /healthz, /readyz and /metrics (consumer lag, outbox backlog) on this port.")  # fmt: skip
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
+def work(subsystem: str | None, *, ready_timeout: float, metrics_port: int | None, metrics_host: str) -> None:
     """Run only the background work against the PICOOL_* servers: the Kafka consumers (claims to
     PostgreSQL, rewards), the periodic jobs (claim reconciler, expiry sweeps) and the outbox relay; no HTTP.
 
@@ -227,13 +230,24 @@ def work(subsystem: str | None, ready_timeout: float) -> None:
     """
     settings = _production_settings(workers_enabled=True, consumers_enabled=True)
     names = [subsystem] if subsystem and subsystem != "all" else None
-    sys.exit(_work(settings, names, ready_timeout))
+    metrics = (metrics_host, metrics_port) if metrics_port is not None else None
+    sys.exit(_work(settings, names, ready_timeout, metrics))
 
 
-def _work(settings: Settings, subsystems: list[str] | None, ready_timeout: float) -> int:
+def _work(
+    settings: Settings, subsystems: list[str] | None, ready_timeout: float, metrics: tuple[str, int] | None
+) -> int:
+    import uvicorn
     import uvloop
 
-    from gateway.app import create_app
+    from gateway.app import create_app, create_management_app
+
+    class SignalFreeServer(uvicorn.Server):
+        """uvicorn, leaving SIGINT/SIGTERM to this command (which stops it itself, after the consumers)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
 
     # The whole app is built (never served): its lifespan starts the kernel, and in-process calls between
     # subsystems (a service token from auth, say) go through its ASGI handler as in `picool serve`.
@@ -246,6 +260,15 @@ def _work(settings: Settings, subsystems: list[str] | None, ready_timeout: float
             loop.add_signal_handler(sig, stop.set)
         async with app.lifespan():
             kernel = app.state.kernel
+            server: uvicorn.Server | None = None
+            served: asyncio.Task[None] | None = None
+            if metrics is not None:
+                config = uvicorn.Config(
+                    create_management_app(kernel), host=metrics[0], port=metrics[1], lifespan="off",
+                    log_config=None, access_log=False, loop="none", http="httptools",
+                )  # fmt: skip
+                server = SignalFreeServer(config)
+                served = asyncio.create_task(server.serve())
             consumers = ", ".join(c.name for c in kernel.consumers) or "none"
             try:
                 await kernel.wait_consumers_ready(ready_timeout)
@@ -255,6 +278,9 @@ def _work(settings: Settings, subsystems: list[str] | None, ready_timeout: float
                 _echo(f"Picool work: ready (consumers: {consumers}); Ctrl-C or SIGTERM stops it")
             await stop.wait()
             _echo("Picool work: stopping (consumers drain and commit) ...")
+            if server is not None and served is not None:
+                server.should_exit = True
+                await served
         _echo("Picool work: stopped.")
 
     tune_for_serving()

@@ -85,7 +85,8 @@ class Processes:
         raise AssertionError(f"serve not ready:\n{self.log('serve')[-3000:]}")
 
     def start_work(self) -> None:
-        proc = self._start("work", ["work"], 232)
+        self.metrics_port = free_port()
+        proc = self._start("work", ["work", "--metrics-port", str(self.metrics_port)], 232)
         deadline = time.monotonic() + 90
         while "Picool work: ready" not in self.log("work"):
             assert proc.poll() is None, f"work exited:\n{self.log('work')[-3000:]}"
@@ -160,6 +161,15 @@ async def test_serve_without_consumers_and_work_apart(
         q = select(models.UserCoupon.id).where(models.UserCoupon.template_id == tid)
         ids = set((await db.execute(q)).scalars())
     assert ids == {int(a.json()["id"]) for a in [*answers, *again]}
+
+    # The worker shows its orchestrator and Prometheus its health, readiness and metrics (and no API).
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{processes.metrics_port}", timeout=10) as mgmt:
+        assert (await mgmt.get("/healthz")).status_code == 200
+        ready = await mgmt.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        scraped = (await mgmt.get("/metrics")).text
+        assert 'picool_kafka_consumer_lag{consumer="coupon.claims"}' in scraped
+        assert (await mgmt.get("/api/v1/ping")).status_code == 404
 
     # SIGTERM stops the worker in order.
     work = processes.procs["work"]
