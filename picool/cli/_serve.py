@@ -222,7 +222,7 @@ def serve(
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 def work(subsystem: str | None, *, ready_timeout: float, metrics_port: int | None, metrics_host: str) -> None:
     """Run only the background work against the PICOOL_* servers: the Kafka consumers (claims to
-    PostgreSQL, rewards), the periodic jobs (claim reconciler, expiry sweeps) and the outbox relay; no HTTP.
+    PostgreSQL, rewards), the periodic jobs (claim reconciler, expiry sweeps) and the outbox relay; no API.
 
     The other half of `picool serve --no-consumers`: the serving processes answer requests and nothing
     else, and as many `picool work` processes as the load needs share the consumer groups. SIGTERM or
