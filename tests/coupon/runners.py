@@ -20,6 +20,7 @@ from picool.kernel import Kernel
 from picool.settings import Settings
 from picool.testing import running
 from tests.conftest import Actor
+from tests.live_server import server_env
 
 PASSWORD = "correct horse battery"
 _HASH: dict[str, str] = {}
@@ -56,6 +57,25 @@ async def make_runners(kernel: Kernel, n: int, *, prefix: str = "grab") -> list[
     return out
 
 
+ROOMY_LIMITS = "default:ip=1000000/60,user=1000000/60;auth:ip=60/60"
+
+
+def storm_env(settings: Settings, topics: str, **extra: str) -> dict[str, str]:
+    """The environment of a child ``picool serve``/``work`` that takes a claim storm from this test's one
+    address: the session's servers and token issuer, Kafka topics of its own (``topics`` + a random
+    suffix, so the session app's consumers never see its claims), rate limits out of the storm's way."""
+    return server_env(
+        settings,
+        PICOOL_KAFKA_TOPIC_PREFIX=f"{topics}{uuid.uuid4().hex[:6]}.",
+        PICOOL_KAFKA_PARTITIONS="2",
+        PICOOL_PUBLIC_URL=settings.public_url,  # the issuer of the test session's tokens
+        PICOOL_RATE_LIMITS=ROOMY_LIMITS,
+        PICOOL_CLAIM_RATE_IP="",
+        PICOOL_CLAIM_RATE_USER="",
+        **extra,
+    )
+
+
 @contextlib.asynccontextmanager
 async def roomy_client(settings: Settings, node_id: int) -> AsyncIterator[httpx.AsyncClient]:
     """A client on an app of its own whose rate limits (edge and claims) let a whole storm from one test
@@ -63,9 +83,10 @@ async def roomy_client(settings: Settings, node_id: int) -> AsyncIterator[httpx.
     and reconciler persist them (they share the topics)."""
     from gateway.app import create_app
 
-    roomy = "default:ip=1000000/60,user=1000000/60;auth:ip=60/60"
     app = create_app(
-        settings.with_(rate_limits=roomy, claim_rate_ip="", claim_rate_user="", workers_enabled=False, node_id=node_id)
+        settings.with_(
+            rate_limits=ROOMY_LIMITS, claim_rate_ip="", claim_rate_user="", workers_enabled=False, node_id=node_id
+        )
     )
     async with running(app, wait_consumers=False):
         transport = httpx.ASGITransport(app=app)

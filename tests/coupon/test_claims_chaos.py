@@ -8,12 +8,10 @@ both killed, the worker in the middle of its batches).
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -31,7 +29,7 @@ from picool.settings import Settings
 from picool.stack import free_port
 from picool.testing import wait_for
 from tests.coupon.conftest import MakeTemplate, iso
-from tests.coupon.runners import make_runners
+from tests.coupon.runners import make_runners, storm_env
 
 RUNNERS = 150
 LIMIT = 4
@@ -50,22 +48,7 @@ class AppProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmp = tmp
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PICOOL_")}
-        self.env.update(
-            {
-                "PICOOL_ENV": "test",
-                "PICOOL_DATABASE_URL": settings.database_url,
-                "PICOOL_REDIS_URL": settings.redis_url,
-                "PICOOL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-                "PICOOL_KAFKA_TOPIC_PREFIX": f"chaos{uuid.uuid4().hex[:6]}.",
-                "PICOOL_KAFKA_PARTITIONS": "2",
-                "PICOOL_PUBLIC_URL": settings.public_url,  # the issuer of the test session's tokens
-                "PICOOL_RATE_LIMITS": "default:ip=1000000/60,user=1000000/60;auth:ip=60/60",
-                "PICOOL_CLAIM_RATE_IP": "",
-                "PICOOL_CLAIM_RATE_USER": "",
-                "PICOOL_LOG_LEVEL": "WARNING",
-            }
-        )
+        self.env = storm_env(settings, "chaos")
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 

@@ -5,12 +5,10 @@ on topics of their own."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +25,7 @@ from picool.settings import Settings
 from picool.stack import free_port
 from picool.testing import wait_for
 from tests.coupon.conftest import MakeTemplate, iso
-from tests.coupon.runners import make_runners
+from tests.coupon.runners import make_runners, storm_env
 
 RUNNERS = 12
 
@@ -39,24 +37,7 @@ class Processes:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmp = tmp
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PICOOL_")}
-        self.env.update(
-            {
-                "PICOOL_ENV": "test",
-                "PICOOL_DATABASE_URL": settings.database_url,
-                "PICOOL_REDIS_URL": settings.redis_url,
-                "PICOOL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-                # Topics of their own: the session app's consumers never see these claims.
-                "PICOOL_KAFKA_TOPIC_PREFIX": f"split{uuid.uuid4().hex[:6]}.",
-                "PICOOL_KAFKA_PARTITIONS": "2",
-                "PICOOL_PUBLIC_URL": settings.public_url,  # the issuer of the test session's tokens
-                "PICOOL_RATE_LIMITS": "default:ip=1000000/60,user=1000000/60;auth:ip=60/60",
-                "PICOOL_CLAIM_RATE_IP": "",
-                "PICOOL_CLAIM_RATE_USER": "",
-                "PICOOL_LOG_LEVEL": "INFO",
-                "PICOOL_LOG_FORMAT": "json",
-            }
-        )
+        self.env = storm_env(settings, "split", PICOOL_LOG_LEVEL="INFO", PICOOL_LOG_FORMAT="json")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def log(self, name: str) -> str:
