@@ -12,7 +12,8 @@ persistence lag (201 → row in PostgreSQL), and the invariants after the run.
   their checks are paid as in production;
 - per concurrency (64, 256): ``GET /api/v1/ping`` with the same bearer tokens (the edge does the same
   work: token, rate limits, metrics) — the ceiling — then ``POST /flash-sessions/{id}/claims``; at 64,
-  also the claims offered on a fixed schedule at 50 % of the ceiling (the p99 target), 40 % and 25 %;
+  also the claims offered on a fixed schedule at 50 % of the ceiling (the p99 target), 40 % and 25 %,
+  and the ping offered at 50 % (the tail of a trivial request at that rate, for comparison);
 - a probe claims 25 times a second alongside the load and polls PostgreSQL for each coupon it got: the
   time from its 201 to the row being visible (also, for every claim of the run, the time from the claim
   to the consumer writing it, from the rows themselves);
@@ -416,6 +417,15 @@ def main() -> int:
                 # target (50 % of the ceiling) on a fixed schedule.
                 # Then lighter schedules, to show where the tail comes from: the same claims, less of the app's
                 # capacity in use (50 % of the ceiling is most of what the claims can take on this machine).
+                # And the trivial endpoint on the same schedule as the p99 target: the tail this machine puts
+                # on any request at that rate, the floor under the claims' own.
+                name = f"ceiling: GET {PING} (token) c={c}, {PACED_SHARES[0]:.0%} of ceiling offered"
+                with Sampler(app.pid) as sampler:
+                    paced = load.run(name, app.port, pings, concurrency=c, duration_s=seconds, warmup_s=WARMUP_S,
+                                     rate=PACED_SHARES[0] * ceiling.rps)  # fmt: skip
+                http_row(res, name, paced, sampler, ceiling_rps=ceiling.rps, role="ceiling-paced")
+                all_ok(res, f"ping c={c} paced {PACED_SHARES[0]:.0%}", paced)
+                res.note(f"{name}: p99 {paced.percentile(99):.1f} ms, p50 {paced.percentile(50):.1f} ms")
                 for share in PACED_SHARES:
                     offered = share * ceiling.rps
                     name = f"claims c={c}, {share:.0%} of ceiling offered"

@@ -15,6 +15,7 @@ import redis as sync_redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
+from redis.exceptions import ResponseError
 
 from coupon import store as coupon_store
 from coupon.store import ClaimOutcome, ClaimRecord, PoolKeys, PoolSpec, SessionSpec
@@ -120,6 +121,53 @@ async def test_rebuilt_pool_with_sessions(store: coupon_store.ClaimStore) -> Non
     assert await store.session_remaining([(t, 3)]) == [1]
 
 
+async def test_claims_of_one_turn_share_a_script_call_and_decide_as_one_by_one(
+    store: coupon_store.ClaimStore,
+) -> None:
+    t = fresh_template()
+    await store.init_pool(t, spec(stock=4, limit=1))
+    assert await store.reserve_session(t, 9, 1, 0, coupon_store.NEVER_MS) == ("ok", 3)  # a session of 1 unit
+    calls, sent = store.script_calls, store.claims_sent
+    claims = [
+        store.claim(t, None, record(1, 1), "k"),
+        store.claim(t, None, record(1, 2), "k"),  # the same key again: the first claim, replayed
+        store.claim(t, None, record(2, 1)),
+        store.claim(t, None, record(2, 2)),  # the limit (1) already met inside the batch
+        store.claim(t, None, record(3, 1)),
+        store.claim(t, None, record(4, 1)),  # the stock (3) ran out inside the batch
+        store.claim(t, 9, record(5, 1, kind="flash", ref="9")),  # another pool of the template: its own call
+    ]
+    results = await asyncio.gather(*claims)
+    assert [r.outcome for r in results] == [ClaimOutcome.OK, ClaimOutcome.REPLAY, ClaimOutcome.OK,
+                                            ClaimOutcome.LIMIT_REACHED, ClaimOutcome.OK, ClaimOutcome.SOLD_OUT,
+                                            ClaimOutcome.OK]  # fmt: skip
+    assert results[1].record == record(1, 1) and [results[i].remaining for i in (0, 2, 4)] == [2, 1, 0]
+    assert (store.script_calls - calls, store.claims_sent - sent) == (2, 7)
+    assert await store.pool_stock(t) == 0 and await store.claim_count(t) == 4
+    assert await store.session_remaining([(t, 9)]) == [0]
+
+
+async def test_a_batch_shares_its_error_and_a_cancelled_claim_is_still_decided(
+    store: coupon_store.ClaimStore,
+) -> None:
+    t = fresh_template()
+    await store.init_pool(t, spec(stock=5, limit=5))
+    waiting = asyncio.ensure_future(store.claim(t, None, record(1, 1)))
+    other = asyncio.ensure_future(store.claim(t, None, record(2, 1)))
+    await asyncio.sleep(0)  # both queued for the next turn
+    waiting.cancel()
+    assert (await other).outcome is ClaimOutcome.OK
+    assert await store.claim_count(t) == 2  # the cancelled caller's claim was sent with its batch
+    # A pool Redis cannot read (its limit is not a number): the script fails, and both claims of the batch
+    # get the error.
+    bad = fresh_template()
+    await store.redis.hset(PoolKeys(bad).meta, mapping={"limit": "x", "start_ms": 0, "end_ms": NOW * 2, "stock": 5})
+    both = await asyncio.gather(store.claim(bad, None, record(1, 1)), store.claim(bad, None, record(2, 1)),
+                                return_exceptions=True)  # fmt: skip
+    assert all(isinstance(r, ResponseError) for r in both), both
+    await store.redis.delete(PoolKeys(bad).meta)
+
+
 # --------------------------------------------------------------------------- property test
 
 
@@ -135,19 +183,27 @@ def sync_claim(stack_settings: Settings) -> Iterator[Any]:
 claim_ops = st.lists(st.tuples(st.integers(1, 6), st.integers(-3, 12), st.sampled_from(["", "a", "b"])), max_size=40)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(stock=st.integers(0, 12), limit=st.integers(1, 4), ops=claim_ops)
-def test_claim_script_matches_its_model(sync_claim: Any, stock: int, limit: int, ops: list[Any]) -> None:
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stock=st.integers(0, 12), limit=st.integers(1, 4), ops=claim_ops, batch=st.integers(1, 7))
+def test_claim_script_matches_its_model(sync_claim: Any, stock: int, limit: int, ops: list[Any], batch: int) -> None:
+    """Claims sent ``batch`` to a script call are decided exactly as one by one (the model)."""
     client, script = sync_claim
     t = fresh_template()
     k = PoolKeys(t)
     client.hset(k.meta, mapping={"limit": limit, "start_ms": 0, "end_ms": 10, "stock": stock, "total": stock})
     model_stock, held, idem, accepted = stock, dict[int, int](), dict[str, int](), 0
+    replies: list[Any] = []
+    for i in range(0, len(ops), batch):
+        args: list[Any] = []
+        for n, (user, at, key) in enumerate(ops[i : i + batch], start=i):
+            args += [at, user, n, f"{user}|c|{at}|claim|{t}", f"{user}:{key}" if key else ""]
+        got = script(keys=[k.meta, k.meta, k.users, k.claims, k.pending, k.idem], args=args)
+        replies += [got[j : j + 3] for j in range(0, len(got), 3)]
+    assert len(replies) == len(ops)
     try:
         for n, (user, at, key) in enumerate(ops):
             field = f"{user}:{key}" if key else ""
-            reply = script(keys=[k.meta, k.meta, k.users, k.claims, k.pending, k.idem],
-                           args=[at, user, n, f"{user}|c|{at}|claim|{t}", field])  # fmt: skip
+            reply = replies[n]
             outcome = reply[0].decode()
             if field and field in idem:
                 expected = "replay"
