@@ -9,7 +9,8 @@ redis-py (its pure-Python parser), ``+asyncio`` serves on the plain asyncio loop
     uv run python bench/ab.py ping-token py=.+nohiredis c=. --rounds 4
 
 Scenarios: ``ping`` | ``ping-token`` | ``nearby-warm`` | ``nearby-local-cold`` (``--tasks``, default 100k)
-| ``wallet-hit``. Writes ``bench/out/ab-<scenario>.json``.
+| ``wallet-hit`` | ``flash`` (flash-session claims, one process: consumer included).
+Writes ``bench/out/ab-<scenario>.json``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def _version(spec: str) -> tuple[str, Path, list[str]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("scenario", choices=["ping", "ping-token", "nearby-warm", "nearby-local-cold", "wallet-hit"])
+    parser.add_argument(
+        "scenario", choices=["ping", "ping-token", "nearby-warm", "nearby-local-cold", "wallet-hit", "flash"]
+    )
     parser.add_argument("a")
     parser.add_argument("b")
     parser.add_argument("--rounds", type=int, default=3)
@@ -75,14 +78,28 @@ def main() -> int:
             field = tasks.TaskField.make(args.tasks)
             tasks.seed_sync(servers, field, 0, args.tasks)
         wallet_setup = None
-        with App(servers, name="setup") as app:
+        env: dict[str, str] = {}
+        expect = 200
+        if args.scenario == "flash":
+            import flash
+
+            env, expect = flash.CLAIM_LIMITS, 201
+        with App(servers, name="setup", **env) as app:
             runner = accounts.runners(app.base_url, 1)[0]
             if args.scenario == "wallet-hit":
                 import wallet
 
                 wallet_setup = wallet.setup(servers, app, users=64, coupons_each=20)
+            if args.scenario == "flash":
+                import asyncio
+
+                seeded = asyncio.run(flash._seed(servers, app))
+                claim_path = f"/api/v1/coupon/flash-sessions/{seeded.session_id}/claims"
+                claims = [load.post(claim_path, b"", {"Authorization": f"Bearer {t}"}) for t in seeded.tokens]
         headers = runner.bearer
-        if args.scenario == "ping":
+        if args.scenario == "flash":
+            reqs = claims
+        elif args.scenario == "ping":
             reqs = [load.get(PING)]
         elif args.scenario == "ping-token":
             reqs = [load.get(PING, headers)]
@@ -97,14 +114,15 @@ def main() -> int:
                 load.run("fill", app.port, reqs, concurrency=64, duration_s=60, warmup_s=0, cycle=False)
         for rnd in range(args.rounds):
             for label, path, cmd in versions:
-                with App(servers, name=label, command=cmd, cwd=path) as app:
-                    if args.scenario == "nearby-warm" or args.scenario == "wallet-hit":
+                with App(servers, name=label, command=cmd, cwd=path, **env) as app:
+                    if args.scenario in {"nearby-warm", "wallet-hit", "flash"}:
                         load.run("warm", app.port, reqs, concurrency=16, duration_s=2, warmup_s=0.2)
                     with Sampler(app.pid) as sampler:
                         r = load.run(label, app.port, reqs, concurrency=args.concurrency, duration_s=args.seconds,
                                      warmup_s=1.0)  # fmt: skip
-                    bad = {s: n for s, n in r.statuses.items() if s != 200}
-                    res.check(f"round {rnd + 1} {label}: all 200", not bad and not r.errors, f"{dict(r.statuses)}")
+                    bad = {s: n for s, n in r.statuses.items() if s != expect}
+                    res.check(f"round {rnd + 1} {label}: all {expect}", not bad and not r.errors,
+                              f"{dict(r.statuses)}")  # fmt: skip
                     rps[label].append(r.rps)
                     p99[label].append(r.percentile(99))
                     res.row(f"round {rnd + 1} {label}", kind="ab", rps=round(r.rps, 1),
