@@ -98,9 +98,10 @@ class ClaimStore:
                 f"{SCRIPT_PACKAGE}.claim", [pool, k.meta, k.users, k.claims, k.pending, k.idem], args
             )
         except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else RuntimeError("claim batch cancelled")
             for _record, _idem, future in batch:
                 if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("the batch was cancelled before Redis decided it"))
+                    future.set_exception(error)
             if not isinstance(exc, Exception):
                 raise
             return
