@@ -270,13 +270,16 @@ def _work(
                 server = SignalFreeServer(config)
                 served = asyncio.create_task(server.serve())
             consumers = ", ".join(c.name for c in kernel.consumers) or "none"
-            try:
-                await kernel.wait_consumers_ready(ready_timeout)
-            except TimeoutError:
+            ready = asyncio.ensure_future(kernel.wait_consumers_ready(ready_timeout))
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([ready, stopped], return_when=asyncio.FIRST_COMPLETED)  # a stop need not wait
+            if not ready.done():
+                ready.cancel()
+            elif ready.exception() is not None:
                 _echo(f"Picool work: consumers not assigned partitions after {ready_timeout:g}s; still trying")
             else:
                 _echo(f"Picool work: ready (consumers: {consumers}); Ctrl-C or SIGTERM stops it")
-            await stop.wait()
+            await stopped
             _echo("Picool work: stopping (consumers drain and commit) ...")
             if server is not None and served is not None:
                 server.should_exit = True
