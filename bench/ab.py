@@ -7,6 +7,10 @@ redis-py (its pure-Python parser), ``+asyncio`` serves on the plain asyncio loop
 
     uv run python bench/ab.py nearby-warm before=8a0c981 after=.
     uv run python bench/ab.py ping-token py=.+nohiredis c=. --rounds 4
+    uv run python bench/ab.py flash before=HEAD after=. --rate 600   # offered 600/s: compare p99 and CPU
+
+With ``--rate`` the load is offered on a fixed schedule (the same for both versions) instead of as fast as
+the app answers: what differs then is the latency and the app's CPU per request, not the throughput.
 
 Scenarios: ``ping`` | ``ping-token`` | ``nearby-warm`` | ``nearby-local-cold`` (``--tasks``, default 100k)
 | ``wallet-hit`` | ``flash`` (flash-session claims, one process: consumer included).
@@ -64,6 +68,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=None, help="offered requests/s (default: closed loop)")
     args = parser.parse_args()
     install_signal_handlers()
     versions = [_version(args.a), _version(args.b)]
@@ -72,6 +77,7 @@ def main() -> int:
     res.extra["versions"] = {label: str(path) for label, path, _ in versions}
     rps: dict[str, list[float]] = {label: [] for label, _, _ in versions}
     p99: dict[str, list[float]] = {label: [] for label, _, _ in versions}
+    cpu_ms: dict[str, list[float]] = {label: [] for label, _, _ in versions}
     with embedded_servers() as servers:
         field = None
         if args.scenario.startswith("nearby"):
@@ -119,20 +125,26 @@ def main() -> int:
                         load.run("warm", app.port, reqs, concurrency=16, duration_s=2, warmup_s=0.2)
                     with Sampler(app.pid) as sampler:
                         r = load.run(label, app.port, reqs, concurrency=args.concurrency, duration_s=args.seconds,
-                                     warmup_s=1.0)  # fmt: skip
+                                     warmup_s=1.0, rate=args.rate)  # fmt: skip
                     bad = {s: n for s, n in r.statuses.items() if s != expect}
                     res.check(f"round {rnd + 1} {label}: all {expect}", not bad and not r.errors,
                               f"{dict(r.statuses)}")  # fmt: skip
                     rps[label].append(r.rps)
                     p99[label].append(r.percentile(99))
+                    cpu_ms[label].append(sampler.summary()["our_cores"] * 1000 / max(r.rps, 1e-9))
                     res.row(f"round {rnd + 1} {label}", kind="ab", rps=round(r.rps, 1),
                             p50_ms=round(r.percentile(50), 2), p99_ms=round(r.percentile(99), 2),
-                            concurrency=args.concurrency, **sampler.summary())  # fmt: skip
+                            concurrency=args.concurrency, offered_rps=args.rate,
+                            app_cpu_ms_per_request=round(cpu_ms[label][-1], 3), **sampler.summary())  # fmt: skip
     (la, _, _), (lb, _, _) = versions
     ma, mb = statistics.median(rps[la]), statistics.median(rps[lb])
     res.extra["median_rps"] = {la: ma, lb: mb}
     res.extra["median_p99_ms"] = {la: statistics.median(p99[la]), lb: statistics.median(p99[lb])}
+    res.extra["median_app_cpu_ms_per_request"] = {la: statistics.median(cpu_ms[la]), lb: statistics.median(cpu_ms[lb])}
     res.note(f"{args.scenario}: median {la} {ma:.0f}/s, {lb} {mb:.0f}/s: {lb}/{la} = x{mb / ma:.2f}")
+    res.note(f"{args.scenario}: median p99 {la} {res.extra['median_p99_ms'][la]:.1f} ms, "
+             f"{lb} {res.extra['median_p99_ms'][lb]:.1f} ms; app CPU per request {la} "
+             f"{statistics.median(cpu_ms[la]):.3f} ms, {lb} {statistics.median(cpu_ms[lb]):.3f} ms")  # fmt: skip
     res.save()
     return 1 if res.failed else 0
 

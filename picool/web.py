@@ -71,6 +71,7 @@ class RequestIdMiddleware:
                     "status": status,
                     "duration_ms": round((time.perf_counter() - start) * 1000, 2),
                     "client": (scope.get("client") or ("", 0))[0],
+                    "request_id": rid,
                 },
             )
             request_id_var.reset(token)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import secrets
 import shutil
@@ -168,7 +169,7 @@ class _Child:
         except OSError:
             return 0
         # picool.logs writes the level in lower case ("error"); "critical" counts too.
-        return sum(1 for line in text.splitlines() if '"level": "error"' in line or '"level": "critical"' in line)
+        return sum(1 for line in text.splitlines() if _level(line) in {"error", "critical"})
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM (a clean stop, as in production), then SIGKILL if it hangs."""
@@ -374,3 +375,14 @@ class Sampler:
             "other_load_cores": round(self.other_cores, 2),
             "our_cores": round(self.ours_cpu_s / self.wall_s, 2) if self.wall_s else 0.0,
         }
+
+
+def _level(line: str) -> str | None:
+    """The level of one JSON log line of picool.logs, or None for any other line."""
+    if not line.startswith("{"):
+        return None
+    try:
+        level = json.loads(line).get("level")
+    except (ValueError, AttributeError):
+        return None
+    return level if isinstance(level, str) else None
