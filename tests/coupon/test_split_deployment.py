@@ -5,6 +5,8 @@ on topics of their own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -125,7 +127,8 @@ async def test_serve_without_consumers_and_work_apart(
         # (The session app's reconciler re-sends claims pending for 5 s; this looked well before that.)
         assert time.monotonic() - first < coupon_service.CLAIMS_GRACE_MS / 1000, "the machine stalled; rerun"
     assert (pending, rows) == (RUNNERS, 0)
-    assert '"consumers": false' in processes.log("serve")
+    started = [r for r in _json_lines(processes.log("serve")) if r.get("msg") == "kernel started"]
+    assert started and started[0]["consumers"] is False
 
     # The worker process, with no HTTP, writes them; and claims made while it runs reach PostgreSQL too.
     await asyncio.to_thread(processes.start_work)
@@ -157,3 +160,13 @@ async def test_serve_without_consumers_and_work_apart(
     work.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(work.wait, 40) == 0
     assert "Picool work: stopped." in processes.log("work")
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a process's output (other lines skipped)."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+    return out
