@@ -280,7 +280,9 @@ async def test_a_remembered_token_still_expires(accounts: Accounts, kernel: Kern
     runner = await accounts.runner()
     keys = auth_service.services_of(kernel).keys
     verifier = TokenVerifier(kernel.settings.token_issuer, ALL_AUDIENCES, keys.jwks_now, None, leeway_s=0)
-    token = await _sign_ours(kernel, _claims(runner, kernel, exp=int(time.time()) + 1))
+    # Three seconds of life, not one: ``int()`` can take most of a second off, and a slow machine can spend
+    # the rest between signing and the first check (CI once saw this token expire before it was checked).
+    token = await _sign_ours(kernel, _claims(runner, kernel, exp=int(time.time()) + 3))
     assert (await verifier.verify(token)).user_id == runner.user_id
     assert (await verifier.verify(token)).user_id == runner.user_id  # the remembered identity
     await asyncio.sleep(max(0.0, (await verifier.verify(token)).expires_at - time.time()) + 0.05)
