@@ -65,4 +65,5 @@ def create(kernel: Kernel) -> Subsystem:
         on_startup=[startup],
         on_shutdown=[shutdown],
         route_limits=guards.route_limits(),
+        fast_routes=list(controllers.FAST_ROUTES),
     )

@@ -25,6 +25,12 @@ CLAIMS = Counter(
 RATE_LIMITED = Counter(
     "picool_rate_limited_total", "Requests refused by a rate limit", ["group", "by"], registry=REGISTRY
 )
+FAST_LANE = Counter(
+    "picool_fast_lane_total",
+    "Requests to fast routes, by route and the lane that answered (fast, or declined: litestar)",
+    ["route", "lane"],
+    registry=REGISTRY,
+)
 OUTBOX_BACKLOG = Gauge("picool_outbox_backlog", "Outbox rows waiting to be published", registry=REGISTRY)
 CONSUMER_LAG = Gauge(
     "picool_kafka_consumer_lag", "Messages not yet handled, per consumer", ["consumer"], registry=REGISTRY

@@ -125,7 +125,12 @@ def client_ip(scope: Scope, trusted_proxies: frozenset[str]) -> str:
 
 def identity_of(request: Request[Any, Any, Any]) -> Identity:
     """The caller's identity, or a 401 problem."""
-    state = request.scope.get("state", {})
+    return identity_in(request.scope)
+
+
+def identity_in(scope: Scope) -> Identity:
+    """The identity the edge verified for the request of ``scope``, or a 401 problem."""
+    state = scope.get("state", {})
     ident = state.get("identity")
     if isinstance(ident, Identity):
         return ident

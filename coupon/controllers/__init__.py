@@ -7,7 +7,7 @@ not ids answer 404, like ids that name nothing.
 
 from __future__ import annotations
 
-from coupon.controllers._claims import ClaimController, ClaimService
+from coupon.controllers._claims import FAST_ROUTES, ClaimController, ClaimService
 from coupon.controllers._coupons import CouponController
 from coupon.controllers._guards import Guard, actor_of, authenticated, roles
 from coupon.controllers._request import IdempotencyKey, field_id, page_cursor, path_id, utcnow
@@ -22,6 +22,7 @@ from coupon.controllers._shapes import (
 )
 
 __all__ = [
+    "FAST_ROUTES",
     "ClaimController",
     "ClaimService",
     "CouponController",
