@@ -65,10 +65,18 @@ def parse_rate_limits(spec: str) -> dict[str, GroupLimits]:
     return out
 
 
+# GROUPS as group_of reads them: per group, its exact paths and the prefixes of their sub-paths (every
+# request asks, so the prefixes are made once).
+_MATCHERS = [
+    (name, frozenset(prefixes), tuple(p.rstrip("/") + "/" for p in prefixes), "/" in prefixes)
+    for name, prefixes in GROUPS
+]
+
+
 def group_of(path: str) -> str:
     """The rate-limit group of ``path``."""
-    for name, prefixes in GROUPS:
-        if any(path == p or path.startswith(p.rstrip("/") + "/") or p == "/" for p in prefixes):
+    for name, exact, under, everything in _MATCHERS:
+        if everything or path in exact or path.startswith(under):
             return name
     return "default"
 
@@ -207,8 +215,9 @@ class EdgeMiddleware:
                                         f"The request took longer than {settings.request_timeout_s}s."):  # fmt: skip
                         await send_wrapper(msg)
         finally:
-            route = scope.get("path_template") or ("unmatched" if status == 404 else scope["path"])
-            if status == 404 and not scope.get("path_template"):
-                route = "unmatched"
-            metrics.REQUESTS.labels(scope["method"], route, str(status)).inc()
-            metrics.LATENCY.labels(scope["method"], route).observe(time.perf_counter() - start)
+            # A request no route took (a 404, or one the edge answered itself: 429, 504) is counted under one
+            # label, never its raw path: every id in a path would be a series of its own.
+            route = scope.get("path_template") or ("unmatched" if status == 404 else "unrouted")
+            requests, latency = metrics.http_children(scope["method"], route, status)
+            requests.inc()
+            latency.observe(time.perf_counter() - start)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -44,3 +46,32 @@ CACHE_HIT_RATIO = Gauge(
     ["cache", "level"],
     registry=REGISTRY,
 )
+
+
+_HTTP_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_HTTP_CHILDREN_MAX = 4096  # a client inventing methods must not grow this without end
+
+
+def http_children(method: str, route: str, status: int) -> tuple[Any, Any]:
+    """The :data:`REQUESTS` and :data:`LATENCY` series of one request (looked up once per label set:
+    ``labels()`` takes a lock and builds a key, on every request otherwise)."""
+    key = (method, route, status)
+    found = _HTTP_CHILDREN.get(key)
+    if found is None:
+        found = (REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route))
+        if len(_HTTP_CHILDREN) < _HTTP_CHILDREN_MAX:
+            _HTTP_CHILDREN[key] = found
+    return found
+
+
+_CHILDREN: dict[tuple[int | str, ...], Any] = {}
+
+
+def child(metric: Counter, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once: for series a hot path counts on every request, whose
+    label values come from a small fixed set (never from client input)."""
+    key: tuple[int | str, ...] = (id(metric), *labels)  # the metrics are module globals: their ids stay
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*labels)
+    return found

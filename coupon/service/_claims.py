@@ -161,7 +161,7 @@ async def _take(
         await _pools.ensure_pool(kernel, template)
         result = await store.claim(template.id, session_id, record, idempotency_key)
     outcome = result.outcome
-    metrics.CLAIMS.labels(kind, outcome.value).inc()
+    metrics.child(metrics.CLAIMS, kind, outcome.value).inc()
     if outcome is coupon_store.ClaimOutcome.OK:
         claim_sender(kernel).add(template.id, record)
         return claimed_coupon(template, record)

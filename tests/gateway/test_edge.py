@@ -184,3 +184,6 @@ async def test_a_subsystems_route_limits_are_checked_with_the_groups(
             assert late.status_code == 429 and late.json()["detail"].startswith("Rate limit exceeded")
     assert metrics.CLAIMS.labels("flash", "rate_limited")._value.get() == flash_before + 1
     assert metrics.RATE_LIMITED.labels("claims", "ip")._value.get() == by_ip_before + 1
+    # The refusals were answered before any route took them: one series for all, not one per path.
+    series = {s.labels["route"] for m in metrics.REQUESTS.collect() for s in m.samples if s.labels["status"] == "429"}
+    assert "unrouted" in series and claims not in series and "/api/v1/ping" not in series
