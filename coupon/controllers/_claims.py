@@ -14,7 +14,14 @@ from litestar.types import Scope
 from coupon import schemas
 from coupon import service as coupon_service
 from coupon.controllers._guards import actor_of, roles
-from coupon.controllers._request import IdempotencyKey, field_id, path_id, utcnow
+from coupon.controllers._request import (
+    IDEMPOTENCY_KEY_CHARS,
+    IDEMPOTENCY_KEY_MAX,
+    IdempotencyKey,
+    field_id,
+    path_id,
+    utcnow,
+)
 from coupon.controllers._shapes import coupon_out, denial_out, flash_out
 from picool import web
 from picool.fastlane import Answer, FastEndpoint, FastRoute, header_values
@@ -65,7 +72,7 @@ async def _claim(
 # the litestar handlers below document them and answer what the fast lane leaves to them: browser
 # (CORS) requests and an Idempotency-Key that is not one printable-ASCII value of 1-128 characters
 # (litestar's parameter validation words that 400).
-_KEY_OK = re.compile(rb"[\x21-\x7e]{1,128}")
+_KEY_OK = re.compile(f"[{IDEMPOTENCY_KEY_CHARS}]{{1,{IDEMPOTENCY_KEY_MAX}}}".encode())
 
 
 def _fast_claim(claim: ClaimService, what: str) -> FastEndpoint:

@@ -35,9 +35,17 @@ def page_cursor(cursor: str | None) -> int | None:
     return field_id(cursor, "cursor: must be a next_cursor from a previous page")
 
 
+IDEMPOTENCY_KEY_MAX = 128
+IDEMPOTENCY_KEY_CHARS = r"\x21-\x7e"  # printable ASCII, no space
 IdempotencyKey = Annotated[
     str | None,
-    HeaderParameter(name="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$", required=False),
+    HeaderParameter(
+        name="Idempotency-Key",
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_MAX,
+        pattern=f"^[{IDEMPOTENCY_KEY_CHARS}]+$",
+        required=False,
+    ),
 ]
 
 
