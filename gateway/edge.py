@@ -218,6 +218,5 @@ class EdgeMiddleware:
             # A request no route took (a 404, or one the edge answered itself: 429, 504) is counted under one
             # label, never its raw path: every id in a path would be a series of its own.
             route = scope.get("path_template") or ("unmatched" if status == 404 else "unrouted")
-            requests, latency = metrics.http_children(scope["method"], route, status)
-            requests.inc()
-            latency.observe(time.perf_counter() - start)
+            metrics.child(metrics.REQUESTS, scope["method"], route, str(status)).inc()
+            metrics.child(metrics.LATENCY, scope["method"], route).observe(time.perf_counter() - start)

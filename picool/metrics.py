@@ -48,30 +48,18 @@ CACHE_HIT_RATIO = Gauge(
 )
 
 
-_HTTP_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-_HTTP_CHILDREN_MAX = 4096  # a client inventing methods must not grow this without end
-
-
-def http_children(method: str, route: str, status: int) -> tuple[Any, Any]:
-    """The :data:`REQUESTS` and :data:`LATENCY` series of one request (looked up once per label set:
-    ``labels()`` takes a lock and builds a key, on every request otherwise)."""
-    key = (method, route, status)
-    found = _HTTP_CHILDREN.get(key)
-    if found is None:
-        found = (REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route))
-        if len(_HTTP_CHILDREN) < _HTTP_CHILDREN_MAX:
-            _HTTP_CHILDREN[key] = found
-    return found
-
-
 _CHILDREN: dict[tuple[int | str, ...], Any] = {}
+_CHILDREN_MAX = 4096  # a client inventing methods must not grow this without end
 
 
-def child(metric: Counter, *labels: str) -> Any:
-    """``metric.labels(*labels)``, looked up once: for series a hot path counts on every request, whose
-    label values come from a small fixed set (never from client input)."""
+def child(metric: Counter | Histogram, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once per label set (``labels()`` takes a lock and builds a
+    key): for series a hot path counts on every request. Past ``_CHILDREN_MAX`` label sets it looks up
+    without keeping."""
     key: tuple[int | str, ...] = (id(metric), *labels)  # the metrics are module globals: their ids stay
     found = _CHILDREN.get(key)
     if found is None:
-        found = _CHILDREN[key] = metric.labels(*labels)
+        found = metric.labels(*labels)
+        if len(_CHILDREN) < _CHILDREN_MAX:
+            _CHILDREN[key] = found
     return found
