@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 log = logging.getLogger("picool.subscriber")
 
 MessageHandler = Callable[[str], Awaitable[None]]
+DRAIN_MARK = "picool-subscriber-drain"  # the PING that marks the end of what arrived during on_subscribed
 
 
 class Subscriber:
@@ -100,8 +101,17 @@ class Subscriber:
     async def _resubscribed(self) -> None:
         if self.on_subscribed is not None:
             await self.on_subscribed()
-        # Deliver what was published while on_subscribed ran before saying we are live again.
-        while (msg := await self._pubsub.get_message(timeout=0)) is not None:
+        # Deliver what was published while on_subscribed ran before saying we are live again. Redis queued
+        # those messages on this connection when they were published, so the answer to a PING sent now
+        # comes after every one of them: read up to it. (Reading only what had already arrived could miss
+        # a message still on its way through the socket.)
+        await self._pubsub.ping(DRAIN_MARK)
+        while True:
+            msg = await self._pubsub.get_message(timeout=self.poll_s)
+            if msg is None:
+                raise TimeoutError(f"no answer to the drain PING on {self.channel}")
+            if msg.get("type") == "pong" and msg.get("data") in (DRAIN_MARK, DRAIN_MARK.encode()):
+                break
             await self._deliver(msg)
         self.listening = True
 
