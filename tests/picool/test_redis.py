@@ -69,19 +69,70 @@ async def test_direct_script_reloads_after_a_flush_and_survives_a_killed_connect
         await redis.aclose()
 
 
-async def test_a_cancelled_command_does_not_leave_its_reply_behind(stack_settings: Settings) -> None:
+async def test_a_cancelled_caller_still_runs_and_leaves_no_reply_behind(stack_settings: Settings) -> None:
     redis = create_redis(stack_settings)
-    d = DirectRedis(redis, max_connections=1)  # one connection: the next command would read a stale reply
+    d = DirectRedis(redis)
+    # Busy in Redis for about 0.3 s, then counts: a reply that arrives long after its caller gave up.
+    slow = "local t = redis.call('TIME'); local s = t[1] * 1e6 + t[2]; " + (
+        "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - s > 300000; return redis.call('INCR', KEYS[1])"
+    )
     try:
-        task = asyncio.create_task(d.execute("BLPOP", "test:direct:nothing", 0.5))
+        await redis.delete("test:direct:slow", "test:direct:early")
+        task = asyncio.create_task(d.execute("EVAL", slow, 1, "test:direct:slow"))
         await asyncio.sleep(0.1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await redis.rpush("test:direct:nothing", "late")
-        await asyncio.sleep(0.6)
+        # The next caller on the same connection gets its own reply, not the cancelled one's.
         assert await d.execute("PING") == b"PONG"
-        assert await d.execute("LPOP", "test:direct:nothing") == b"late"
+        assert await redis.get("test:direct:slow") == b"1"  # the cancelled command ran, as one on the wire does
+        # Cancelled before its turn's write: it still goes out and runs.
+        early = asyncio.create_task(d.execute("INCR", "test:direct:early"))
+        await asyncio.sleep(0)
+        early.cancel()
+        assert await d.execute("GET", "test:direct:early") == b"1"
+    finally:
+        await d.aclose()
+        await redis.aclose()
+
+
+async def test_the_callers_of_one_turn_share_a_write_and_each_gets_its_own_replies(
+    stack_settings: Settings,
+) -> None:
+    redis = create_redis(stack_settings)
+    d = DirectRedis(redis)
+    try:
+        await d.execute("PING")  # connected
+        writes = 0
+        link = d._link
+        assert link is not None
+        transport = link._transport
+        real_write = transport.write  # type: ignore[attr-defined]
+
+        def counting_write(data: bytes) -> None:
+            nonlocal writes
+            writes += 1
+            real_write(data)
+
+        transport.write = counting_write  # type: ignore[attr-defined]
+
+        async def caller(k: int) -> list[object]:
+            return await d.execute_many(
+                [["SET", f"test:direct:turn:{k}", k, "EX", 60], ["GET", f"test:direct:turn:{k}"]]
+            )
+
+        results = await asyncio.gather(*(caller(k) for k in range(300)))
+        assert results == [[b"OK", str(k).encode()] for k in range(300)]
+        assert writes == 1  # one loop turn's callers: one buffer
+        # An error reply reaches only its own caller.
+        outcomes = await asyncio.gather(
+            d.execute("GET", "test:direct:turn:1"),
+            d.execute("LPUSH", "test:direct:turn:1", "x"),
+            d.execute("GET", "test:direct:turn:2"),
+            return_exceptions=True,
+        )
+        assert outcomes[0] == b"1" and outcomes[2] == b"2"
+        assert isinstance(outcomes[1], ResponseError)
     finally:
         await d.aclose()
         await redis.aclose()
@@ -103,7 +154,7 @@ def test_pack_matches_redis_py() -> None:
 
 async def test_one_deadline_per_exchange(stack_settings: Settings) -> None:
     redis = create_redis(stack_settings)
-    d = DirectRedis(redis, max_connections=1)
+    d = DirectRedis(redis)
     d._timeout_s = 0.2
     try:
         started = asyncio.get_running_loop().time()
