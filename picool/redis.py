@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import hashlib
 from collections.abc import Sequence
 from importlib import resources
@@ -72,14 +71,11 @@ class DirectRedis:
         self._timeout_s: float = float(timeout) if timeout else 10.0
         self._link: _Link | None = None
         self._connecting: asyncio.Task[_Link] | None = None
-        self._closed = False
 
     async def _current(self) -> _Link:
         link = self._link
         if link is not None and link.usable:
             return link
-        if self._closed:
-            raise RedisConnectionError("the direct Redis client is closed")
         if self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_task(self._connect(), name="direct-redis-connect")
         task = self._connecting
@@ -132,12 +128,11 @@ class DirectRedis:
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
-        """Close the connection; callers still waiting on it get a connection error."""
-        self._closed = True
+        """Close the connection; callers still waiting on it get a connection error (a later call connects
+        again)."""
         if self._connecting is not None:
             self._connecting.cancel()
-            with contextlib.suppress(BaseException):
-                await self._connecting
+            await asyncio.wait([self._connecting])  # gone, whatever it ended with
             self._connecting = None
         link, self._link = self._link, None
         if link is not None:
