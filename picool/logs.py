@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import collections
 import contextvars
-import copy
 import logging
 import sys
 import threading
@@ -94,7 +93,10 @@ class _Enqueue(logging.Handler):
             self.handleError(record)
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        out = copy.copy(record)
+        # A shallow copy (other handlers still see the record as it was), made without copy.copy's generic
+        # machinery: a LogRecord is its attributes.
+        out = type(record).__new__(type(record))
+        out.__dict__.update(record.__dict__)
         out.msg = record.getMessage()
         out.args = None
         if record.exc_info:

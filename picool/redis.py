@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -250,37 +250,16 @@ class _Link(asyncio.Protocol):
         await self._lost
 
 
-def _arg(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"cannot send {type(value).__name__} to Redis")  # as redis-py refuses them
-    return (repr(value) if isinstance(value, float) else str(value)).encode()
+_pack_command: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
 
 
 def pack(commands: Sequence[Sequence[Any]]) -> bytes:
-    """The RESP request for ``commands`` (bytes, str as UTF-8, int, float), what redis-py's packer makes
-    at a fraction of its cost."""
-    out: list[bytes] = []
-    add = out.append
-    for command in commands:
-        add(b"*%d\r\n" % len(command))
-        for value in command:
-            kind = type(value)  # exact types first: the hot path of every command (bool is no int here)
-            if kind is str:
-                data = value.encode()
-            elif kind is int:
-                data = b"%d" % value
-            elif kind is bytes:
-                data = value
-            else:
-                data = _arg(value)
-            add(b"$%d\r\n" % len(data))
-            add(data)
-            add(b"\r\n")
-    return b"".join(out)
+    """The RESP request for ``commands`` (bytes, str as UTF-8, int, float; anything else is a TypeError, as
+    redis-py refuses it), what redis-py's packer makes: hiredis's C packer, about half the cost of packing in
+    Python and a tenth of redis-py's."""
+    if len(commands) == 1:
+        return _pack_command(tuple(commands[0]))
+    return b"".join([_pack_command(tuple(command)) for command in commands])
 
 
 class DirectScript:
