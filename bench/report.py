@@ -96,14 +96,17 @@ def machine_line(results: list[dict[str, Any]]) -> str:
 
 def conditions(results: list[dict[str, Any]]) -> list[str]:
     out = [
-        "| scenario | started (UTC) | took s | load avg before → after | others' load, max (cores) | git | command |",
-        "|---|---|---:|---|---:|---|---|",
+        "| scenario | started (UTC) | took s | load avg before → after | others' load, max (cores) "
+        "| loopback round trip µs, before → after | git | command |",
+        "|---|---|---:|---|---:|---|---|---|",
     ]
     for d in results:
         lb, la = d.get("loadavg_before") or [0], d.get("loadavg_after") or [0]
+        phase = d.get("machine_phase") or {}
+        rtt = " → ".join(f"{phase[k]['loopback_rtt_us']:.0f}" for k in ("before", "after") if k in phase) or "–"
         out.append(
             f"| {d['scenario']} | {d.get('started_at', '')} | {d.get('elapsed_s', '')} | {lb[0]} → {la[0]} | "
-            f"{_num(d.get('other_load_cores_max'), '.2f')} | {d.get('git', '')} | "
+            f"{_num(d.get('other_load_cores_max'), '.2f')} | {rtt} | {d.get('git', '')} | "
             f"`{d.get('command', 'uv run python bench/' + d['scenario'] + '.py')}` |"
         )
     return out
@@ -230,6 +233,11 @@ def write_markdown(results: list[dict[str, Any]], png: bool) -> str:
         "",
         *noise_warning(results),
         *conditions(results),
+        "",
+        "The loopback round trip (a TCP ping-pong between two threads, `harness.results.machine_phase`) is taken "
+        "before and after each scenario: it shows the phase this VM is in. It has moved between about 25 and "
+        "150 µs from hour to hour while plain CPU speed held; a paced load, a wake-up at every hop of every "
+        "request, slows with it.",
         "",
         "## Targets",
         "",

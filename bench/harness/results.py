@@ -38,6 +38,40 @@ def machine() -> dict[str, Any]:
     }
 
 
+def machine_phase(round_trips: int = 5000) -> dict[str, float]:
+    """How fast this VM is right now, in two numbers that move independently of each other here:
+    ``loopback_rtt_us``, a TCP round trip on loopback between two threads (a wake-up on each side: what a
+    request pays at every hop between processes), and ``python_loop_ms``, a million empty loop turns (plain
+    CPU). On this VM the first has varied 5x between phases while the second stayed put; a paced load, one
+    wake-up per hop per request, slows with the first (about a second in all)."""
+    import socket
+    import threading
+
+    started = time.perf_counter()
+    for _ in range(1_000_000):
+        pass
+    loop_ms = (time.perf_counter() - started) * 1000
+    with socket.create_server(("127.0.0.1", 0)) as server:
+
+        def echo() -> None:
+            conn, _ = server.accept()
+            with conn:
+                while data := conn.recv(64):
+                    conn.sendall(data)
+
+        thread = threading.Thread(target=echo, daemon=True)
+        thread.start()
+        with socket.create_connection(server.getsockname()) as client:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            started = time.perf_counter()
+            for _ in range(round_trips):
+                client.sendall(b"x")
+                client.recv(64)
+            rtt_us = (time.perf_counter() - started) / round_trips * 1e6
+        thread.join(5)
+    return {"loopback_rtt_us": round(rtt_us, 1), "python_loop_ms": round(loop_ms, 1)}
+
+
 def git_rev() -> str:
     try:
         return subprocess.run(
@@ -67,6 +101,7 @@ class Results:
     load_before: tuple[float, float, float] = field(default_factory=os.getloadavg)
     other_load: list[float] = field(default_factory=list)
     saved: bool = False
+    phase_before: dict[str, float] = field(default_factory=machine_phase)
 
     def __post_init__(self) -> None:
         # A scenario stopped early (its time limit, Ctrl-C) still leaves what it measured, marked as partial.
@@ -106,12 +141,15 @@ class Results:
         """Write ``bench/out/<scenario>.json``."""
         OUT.mkdir(parents=True, exist_ok=True)
         path = OUT / f"{self.scenario}.json"
+        phase_after = machine_phase()
+        print(f"  machine phase: before {_phase(self.phase_before)}; after {_phase(phase_after)}", flush=True)
         data = {
             "scenario": self.scenario,
             "started_at": dt.datetime.fromtimestamp(self.started, dt.UTC).isoformat(timespec="seconds"),
             "elapsed_s": round(time.time() - self.started, 1),
             "git": git_rev(),
             "machine": machine(),
+            "machine_phase": {"before": self.phase_before, "after": phase_after},
             "loadavg_before": [round(x, 2) for x in self.load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "other_load_cores_max": round(max(self.other_load), 2) if self.other_load else None,
@@ -130,6 +168,10 @@ class Results:
     @property
     def failed(self) -> bool:
         return any(not c["ok"] for c in self.checks)
+
+
+def _phase(p: dict[str, float]) -> str:
+    return f"loopback round trip {p['loopback_rtt_us']:.0f} us, 1M loop turns {p['python_loop_ms']:.0f} ms"
 
 
 def _fmt_row(r: dict[str, Any]) -> str:
