@@ -78,6 +78,8 @@ class DirectRedis:
             return link
         if self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_task(self._connect(), name="direct-redis-connect")
+            # Its callers may all have been cancelled meanwhile: a failure is then nobody's to read.
+            self._connecting.add_done_callback(lambda t: t.cancelled() or t.exception())
         task = self._connecting
         try:
             # Shared by every caller that needs the connection meanwhile; one caller's cancellation must not

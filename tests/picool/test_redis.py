@@ -4,8 +4,10 @@ the direct path for hot commands gives the same replies and keeps its connection
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from picool.redis import DirectRedis, DirectScript, create_redis, direct, pack
@@ -164,6 +166,22 @@ async def test_one_deadline_per_exchange(stack_settings: Settings) -> None:
             await d.execute("BLPOP", "test:direct:never", 2)  # blocks longer than the deadline, every try
         assert asyncio.get_running_loop().time() - started < 1.5
         assert await d.execute("PING") == b"PONG"  # the timed-out connections were dropped, not reused
+    finally:
+        await d.aclose()
+        await redis.aclose()
+
+
+async def test_an_unreachable_redis_is_a_connection_error_not_a_hang(stack_settings: Settings) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    redis = create_redis(stack_settings.with_(redis_url=f"redis://127.0.0.1:{port}/0"))
+    d = DirectRedis(redis)
+    try:
+        started = asyncio.get_running_loop().time()
+        results = await asyncio.gather(*(d.execute("PING") for _ in range(5)), return_exceptions=True)
+        assert all(isinstance(r, RedisConnectionError) for r in results), results
+        assert asyncio.get_running_loop().time() - started < 5
     finally:
         await d.aclose()
         await redis.aclose()
