@@ -112,6 +112,8 @@ class DirectRedis:
     async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Several commands in one round trip (a pipeline without MULTI); the replies in order. An error
         reply is raised after every reply has been read (the first one), so the connection stays usable."""
+        if not commands:
+            return []
         packed = pack(commands)
         for attempt in range(self.RETRIES + 1):
             try:

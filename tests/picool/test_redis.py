@@ -48,6 +48,7 @@ async def test_direct_commands_pipelines_and_errors(stack_settings: Settings) ->
         with pytest.raises(ResponseError):
             await d.execute_many([["INCR", "test:direct:a"], ["LPUSH", "test:direct:a", "x"], ["GET", "test:direct:a"]])
         assert await d.execute("GET", "test:direct:a") == b"3"
+        assert await d.execute_many([]) == []
         await d.aclose()
         assert await d.execute("GET", "test:direct:a") == b"3"  # closed, then used again: a fresh connection
     finally:
