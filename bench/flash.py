@@ -423,6 +423,7 @@ def main() -> int:
                 with Sampler(app.pid) as sampler:
                     paced = load.run(name, app.port, pings, concurrency=c, duration_s=seconds, warmup_s=WARMUP_S,
                                      rate=PACED_SHARES[0] * ceiling.rps)  # fmt: skip
+                ping_paced_p99 = paced.percentile(99)
                 http_row(res, name, paced, sampler, ceiling_rps=ceiling.rps, role="ceiling-paced")
                 all_ok(res, f"ping c={c} paced {PACED_SHARES[0]:.0%}", paced)
                 res.note(f"{name}: p99 {paced.percentile(99):.1f} ms, p50 {paced.percentile(50):.1f} ms")
@@ -441,6 +442,7 @@ def main() -> int:
                                    paced.percentile(99) < 50,
                                    f"p99 {paced.percentile(99):.1f} ms at {paced.rps:.0f}/s "
                                    f"({offered / max(result.rps, 1e-9):.0%} of the claims' own capacity); "
+                                   f"the trivial endpoint at the same load: p99 {ping_paced_p99:.1f} ms; "
                                    f"saturated (closed loop): p99 {result.percentile(99):.0f} ms")  # fmt: skip
                     else:
                         res.note(f"{name}: p99 {paced.percentile(99):.1f} ms, p50 {paced.percentile(50):.1f} ms "
