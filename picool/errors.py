@@ -205,14 +205,23 @@ def _http_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[d
     return problem(status, code, title, detail, headers=dict(exc.headers or {}), request=request)
 
 
-def _internal_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem(
+def internal_error_content(request_id: str | None = None) -> dict[str, Any]:
+    """The problem document of an unexpected error (litestar's handler and the fast lane's): it says
+    nothing of the error itself, which is logged."""
+    return problem_content(
         HTTP_500_INTERNAL_SERVER_ERROR,
         "internal_error",
         "Internal server error",
         "An unexpected error occurred; it has been logged.",
-        request=request,
+        request_id=request_id,
+    )
+
+
+def _internal_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    rid = request.scope.get("state", {}).get("request_id")
+    return Response(
+        content=internal_error_content(rid), status_code=HTTP_500_INTERNAL_SERVER_ERROR, media_type=PROBLEM_JSON
     )
 
 
@@ -250,6 +259,7 @@ __all__ = [
     "TooManyRequests",
     "Unauthorized",
     "exception_handlers",
+    "internal_error_content",
     "problem",
     "problem_content",
 ]

@@ -28,7 +28,7 @@ from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEven
 from prometheus_client.metrics import Counter as CounterChild
 
 from picool import metrics
-from picool.errors import PROBLEM_JSON, DomainError, problem_content
+from picool.errors import PROBLEM_JSON, DomainError, internal_error_content, problem_content
 
 log = logging.getLogger("picool.fastlane")
 
@@ -111,11 +111,7 @@ class FastLane:
             media = PROBLEM_JSON.encode()
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            content = problem_content(
-                500, "internal_error", "Internal server error",
-                "An unexpected error occurred; it has been logged.", request_id=rid,
-            )  # fmt: skip
-            answer = Answer(500, content)
+            answer = Answer(500, internal_error_content(rid))
             media = PROBLEM_JSON.encode()
         scope["path_template"] = route.path_template
         body = _ENCODE(answer.content)
