@@ -206,22 +206,36 @@ class Probe:
 
 
 class AppCpu:
-    """The app process's CPU time, sampled in a thread, so a run's CPU per request can be read off its
-    measured window: unlike throughput, that figure does not depend on what else the machine is doing."""
+    """The CPU time of processes (each with its descendants, living and reaped), sampled in a thread, so a
+    run's CPU per request can be read off its measured window: unlike throughput, that figure does not
+    depend on what else the machine is doing. One pid, or named groups (:func:`stack_groups`)."""
 
-    def __init__(self, pid: int) -> None:
-        self.proc = psutil.Process(pid)
-        self.samples: list[tuple[float, float]] = []
+    def __init__(self, pids: int | dict[str, list[int]]) -> None:
+        groups = {"": [pids]} if isinstance(pids, int) else pids
+        self.groups = {name: [psutil.Process(p) for p in ps] for name, ps in groups.items()}
+        self.samples: list[tuple[float, dict[str, float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="app-cpu", daemon=True)
 
-    def _cpu(self) -> float:
-        t = self.proc.cpu_times()
-        return float(t.user + t.system)
+    @staticmethod
+    def _cpu(proc: psutil.Process) -> float:
+        total = 0.0
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system  # children: the reaped ones
+            for child in proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    c = child.cpu_times()
+                    total += c.user + c.system
+        except psutil.Error:
+            pass
+        return total
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.monotonic(), self._cpu()))
+            self.samples.append(
+                (time.monotonic(), {name: sum(map(self._cpu, procs)) for name, procs in self.groups.items()})
+            )
             self._stop.wait(0.05)
 
     def __enter__(self) -> AppCpu:
@@ -232,13 +246,33 @@ class AppCpu:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def cores(self, start: float, end: float) -> float:
-        """Average cores the app used between two monotonic times."""
+    def cores(self, start: float, end: float, group: str = "") -> float:
+        """Average cores a group (the one pid by default) used between two monotonic times."""
         inside = [s for s in self.samples if start <= s[0] <= end]
         if len(inside) < 2:
             return float("nan")
         (t0, c0), (t1, c1) = inside[0], inside[-1]
-        return (c1 - c0) / (t1 - t0) if t1 > t0 else float("nan")
+        return (c1[group] - c0[group]) / (t1 - t0) if t1 > t0 else float("nan")
+
+    def per_request_ms(self, start: float, end: float, rps: float) -> dict[str, float]:
+        """Each group's CPU per request (ms) at ``rps`` over the window, and their ``total``."""
+        out = {name: round(self.cores(start, end, name) * 1000 / max(rps, 1e-9), 3) for name in self.groups}
+        out["total"] = round(sum(out.values()), 3)
+        return out
+
+
+def stack_groups(app: App, worker: Worker | None, servers: Servers) -> dict[str, list[int]]:
+    """The processes a claim costs CPU in: the app, the worker, Redis, PostgreSQL (its backends are the
+    postmaster's children) and the Kafka broker."""
+    procs = servers.stack.procs
+    groups = {"app": [app.pid], "worker": [worker.pid] if worker is not None else []}
+    for name in ("redis", "postgres", "kafka"):
+        groups[name] = [procs[name].pid] if name in procs else []
+    return groups
+
+
+def _cpu_line(ms: dict[str, float]) -> str:
+    return " + ".join(f"{k} {v:.2f}" for k, v in ms.items() if k != "total") + f" = {ms['total']:.2f} ms"
 
 
 def _measured(c: int, seconds: float, warmup: float, started: float) -> tuple[float, float]:
@@ -364,42 +398,44 @@ def main() -> int:
         load.run("warm-up", app.port, claims, concurrency=max(CONCURRENCY), duration_s=3.0, warmup_s=0.5)
         probe_lags: list[float] = []
         probe_ids: list[int] = []
+        groups = stack_groups(app, worker, servers)
         for c in CONCURRENCY:
-            with Sampler(app.pid) as sampler, AppCpu(app.pid) as cpu:
+            with Sampler(app.pid) as sampler, AppCpu(groups) as cpu:
                 started = time.monotonic()
                 ceiling = load.run(f"ceiling: GET {PING} c={c}", app.port, pings, concurrency=c,
                                    duration_s=seconds, warmup_s=WARMUP_S)  # fmt: skip
-            ping_ms = cpu.cores(*_measured(c, seconds, WARMUP_S, started)) * 1000 / max(ceiling.rps, 1e-9)
+            ping_cpu = cpu.per_request_ms(*_measured(c, seconds, WARMUP_S, started), ceiling.rps)
+            ping_ms = ping_cpu["app"]
             http_row(res, f"ceiling: GET {PING} (token) c={c}", ceiling, sampler, role="ceiling",
-                     app_cpu_ms_per_request=round(ping_ms, 3))  # fmt: skip
+                     app_cpu_ms_per_request=round(ping_ms, 3), cpu_ms_per_request=ping_cpu)  # fmt: skip
             all_ok(res, f"ping c={c}", ceiling)
             res.extra[f"ceiling_rps_{c}"] = ceiling.rps
             probe = Probe(app.base_url, claim_path, seeded.probe_tokens, servers.plain_database_url)
             probe.start()
             try:
-                with (
-                    Sampler(app.pid) as sampler,
-                    AppCpu(app.pid) as cpu,
-                    AppCpu(app.pid if worker is None else worker.pid) as work_cpu,
-                ):
+                with Sampler(app.pid) as sampler, AppCpu(groups) as cpu:
                     started = time.monotonic()
                     result = load.run(f"claims c={c}", app.port, claims, concurrency=c, duration_s=seconds,
                                       warmup_s=WARMUP_S)  # fmt: skip
             finally:
                 probe.stop()
             window = _measured(c, seconds, WARMUP_S, started)
-            claim_ms = cpu.cores(*window) * 1000 / max(result.rps, 1e-9)
+            claim_cpu = cpu.per_request_ms(*window, result.rps)
+            claim_ms = claim_cpu["app"]
             extra: dict[str, float] = {}
             if worker is not None:
-                extra["worker_cpu_ms_per_request"] = round(work_cpu.cores(*window) * 1000 / max(result.rps, 1e-9), 3)
+                extra["worker_cpu_ms_per_request"] = claim_cpu["worker"]
             row = http_row(res, f"claims c={c}", result, sampler, ceiling_rps=ceiling.rps, role="claims",
-                           app_cpu_ms_per_request=round(claim_ms, 3),
+                           app_cpu_ms_per_request=round(claim_ms, 3), cpu_ms_per_request=claim_cpu,
                            cpu_ratio=round(ping_ms / claim_ms, 3), **extra)  # fmt: skip
             where = "consumer included"
             if worker is not None:
                 where = f"the consumer in picool work: {extra['worker_cpu_ms_per_request']:.2f} ms more there"
             res.note(f"c={c}: app CPU per request: ping {ping_ms:.2f} ms, claim {claim_ms:.2f} ms ({where}): "
                      f"on a core of its own, claims at {ping_ms / claim_ms:.0%} of the ping")  # fmt: skip
+            ratio = claim_cpu["total"] / ping_cpu["total"]
+            res.note(f"c={c}: CPU per request in every process of the stack: ping {_cpu_line(ping_cpu)}; "
+                     f"claim {_cpu_line(claim_cpu)} (x{ratio:.2f} the ping's)")  # fmt: skip
             all_ok(res, f"claims c={c}", result, expect=(201,))
             probe_lags += probe.lags
             probe_ids += probe.answered
@@ -420,24 +456,33 @@ def main() -> int:
                 # And the trivial endpoint on the same schedule as the p99 target: the tail this machine puts
                 # on any request at that rate, the floor under the claims' own.
                 name = f"ceiling: GET {PING} (token) c={c}, {PACED_SHARES[0]:.0%} of ceiling offered"
-                with Sampler(app.pid) as sampler:
+                with Sampler(app.pid) as sampler, AppCpu(groups) as cpu:
+                    started = time.monotonic()
                     paced = load.run(name, app.port, pings, concurrency=c, duration_s=seconds, warmup_s=WARMUP_S,
                                      rate=PACED_SHARES[0] * ceiling.rps)  # fmt: skip
                 ping_paced_p99 = paced.percentile(99)
-                http_row(res, name, paced, sampler, ceiling_rps=ceiling.rps, role="ceiling-paced")
+                ping_paced_cpu = cpu.per_request_ms(*_measured(c, seconds, WARMUP_S, started), paced.rps)
+                http_row(res, name, paced, sampler, ceiling_rps=ceiling.rps, role="ceiling-paced",
+                         cpu_ms_per_request=ping_paced_cpu)  # fmt: skip
                 all_ok(res, f"ping c={c} paced {PACED_SHARES[0]:.0%}", paced)
                 res.note(f"{name}: p99 {paced.percentile(99):.1f} ms, p50 {paced.percentile(50):.1f} ms")
                 for share in PACED_SHARES:
                     offered = share * ceiling.rps
                     name = f"claims c={c}, {share:.0%} of ceiling offered"
-                    with Sampler(app.pid) as sampler:
+                    with Sampler(app.pid) as sampler, AppCpu(groups) as cpu:
+                        started = time.monotonic()
                         paced = load.run(name, app.port, claims, concurrency=c, duration_s=seconds,
                                          warmup_s=WARMUP_S, rate=offered)  # fmt: skip
+                    paced_cpu = cpu.per_request_ms(*_measured(c, seconds, WARMUP_S, started), paced.rps)
                     http_row(res, name, paced, sampler, ceiling_rps=ceiling.rps, role="claims-paced",
-                             offered_rps=round(offered, 1), offered_share=share,
+                             offered_rps=round(offered, 1), offered_share=share, cpu_ms_per_request=paced_cpu,
                              of_claim_capacity=round(offered / max(result.rps, 1e-9), 2))  # fmt: skip
                     all_ok(res, f"claims c={c} paced {share:.0%}", paced, expect=(201,))
                     if share == 0.5:
+                        res.note(f"{share:.0%} of the ceiling offered: CPU per request in the stack (cores in use "
+                                 f"of {psutil.cpu_count()}): ping {_cpu_line(ping_paced_cpu)} "
+                                 f"({ping_paced_cpu['total'] * paced.rps / 1000:.2f}); claim {_cpu_line(paced_cpu)} "
+                                 f"({paced_cpu['total'] * paced.rps / 1000:.2f})")  # fmt: skip
                         res.target("claim p99 < 50 ms at 64 clients, 50% of the ceiling offered",
                                    paced.percentile(99) < 50,
                                    f"p99 {paced.percentile(99):.1f} ms at {paced.rps:.0f}/s "
