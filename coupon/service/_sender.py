@@ -27,7 +27,7 @@ from picool.kernel import Kernel
 log = logging.getLogger("coupon.claims")
 
 SENDER_SERVICE = "coupon.claim-sender"
-LINGER_S = 0.02  # a claim waits at most this long for company before it is sent
+LINGER_S = 0.05  # a claim waits at most this long for company before it is sent
 MAX_CLAIMS = 250  # a message never carries more (about 60 KB)
 SEND_TIMEOUT_S = 2.0  # only a full producer buffer can make handing over a message wait
 
