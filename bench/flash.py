@@ -205,7 +205,7 @@ class Probe:
             await conn.close()
 
 
-class AppCpu:
+class ProcessCpu:
     """The CPU time of processes (each with its descendants, living and reaped), sampled in a thread, so a
     run's CPU per request can be read off its measured window: unlike throughput, that figure does not
     depend on what else the machine is doing. One pid, or named groups (:func:`stack_groups`)."""
@@ -215,7 +215,7 @@ class AppCpu:
         self.groups = {name: [psutil.Process(p) for p in ps] for name, ps in groups.items()}
         self.samples: list[tuple[float, dict[str, float]]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="app-cpu", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="process-cpu", daemon=True)
 
     @staticmethod
     def _cpu(proc: psutil.Process) -> float:
@@ -238,7 +238,7 @@ class AppCpu:
             )
             self._stop.wait(0.05)
 
-    def __enter__(self) -> AppCpu:
+    def __enter__(self) -> ProcessCpu:
         self._thread.start()
         return self
 
@@ -400,7 +400,7 @@ def main() -> int:
         probe_ids: list[int] = []
         groups = stack_groups(app, worker, servers)
         for c in CONCURRENCY:
-            with Sampler(app.pid) as sampler, AppCpu(groups) as cpu:
+            with Sampler(app.pid) as sampler, ProcessCpu(groups) as cpu:
                 started = time.monotonic()
                 ceiling = load.run(f"ceiling: GET {PING} c={c}", app.port, pings, concurrency=c,
                                    duration_s=seconds, warmup_s=WARMUP_S)  # fmt: skip
@@ -413,7 +413,7 @@ def main() -> int:
             probe = Probe(app.base_url, claim_path, seeded.probe_tokens, servers.plain_database_url)
             probe.start()
             try:
-                with Sampler(app.pid) as sampler, AppCpu(groups) as cpu:
+                with Sampler(app.pid) as sampler, ProcessCpu(groups) as cpu:
                     started = time.monotonic()
                     result = load.run(f"claims c={c}", app.port, claims, concurrency=c, duration_s=seconds,
                                       warmup_s=WARMUP_S)  # fmt: skip
@@ -456,7 +456,7 @@ def main() -> int:
                 # And the trivial endpoint on the same schedule as the p99 target: the tail this machine puts
                 # on any request at that rate, the floor under the claims' own.
                 name = f"ceiling: GET {PING} (token) c={c}, {PACED_SHARES[0]:.0%} of ceiling offered"
-                with Sampler(app.pid) as sampler, AppCpu(groups) as cpu:
+                with Sampler(app.pid) as sampler, ProcessCpu(groups) as cpu:
                     started = time.monotonic()
                     paced = load.run(name, app.port, pings, concurrency=c, duration_s=seconds, warmup_s=WARMUP_S,
                                      rate=PACED_SHARES[0] * ceiling.rps)  # fmt: skip
@@ -469,7 +469,7 @@ def main() -> int:
                 for share in PACED_SHARES:
                     offered = share * ceiling.rps
                     name = f"claims c={c}, {share:.0%} of ceiling offered"
-                    with Sampler(app.pid) as sampler, AppCpu(groups) as cpu:
+                    with Sampler(app.pid) as sampler, ProcessCpu(groups) as cpu:
                         started = time.monotonic()
                         paced = load.run(name, app.port, claims, concurrency=c, duration_s=seconds,
                                          warmup_s=WARMUP_S, rate=offered)  # fmt: skip

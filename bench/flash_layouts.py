@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 
-from flash import CLAIM_LIMITS, AppCpu, _measured, _seed, _settle_and_check
+from flash import CLAIM_LIMITS, ProcessCpu, _measured, _seed, _settle_and_check
 from harness import load
 from harness.results import Results, http_row
 from harness.runs import PING, all_ok
@@ -70,8 +70,8 @@ def main() -> int:
                 all_ok(res, f"{label} round {r + 1}: ping", ceiling)
                 with (
                     Sampler(app.pid) as sampler,
-                    AppCpu(app.pid) as cpu,
-                    AppCpu(wk.pid if wk is not None else app.pid) as wcpu,
+                    ProcessCpu(app.pid) as cpu,
+                    ProcessCpu(wk.pid if wk is not None else app.pid) as wcpu,
                 ):
                     started = time.monotonic()
                     result = load.run(f"{label}: claims", app.port, claims, concurrency=CONCURRENCY,
