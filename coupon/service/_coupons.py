@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, Select, Table, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import BigInteger, Row, Select, Table, any_, bindparam, insert, select, union_all
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from coupon import codes as coupon_codes
 from coupon import models
@@ -92,6 +93,31 @@ async def find_of_user(session: AsyncSession, user_id: int, coupon_id: int) -> C
     stmt = select(*columns(table)).where(table.c.user_id == user_id, table.c.id == coupon_id)
     row = (await session.execute(stmt)).first()
     return None if row is None else to_record(row)
+
+
+async def stored_of(conn: AsyncConnection | AsyncSession, pairs: Sequence[tuple[int, int]]) -> set[int]:
+    """Which coupon ids of ``(user_id, coupon_id)`` pairs PostgreSQL has.
+
+    Each id is looked up in the one partition its shard names (an index probe per id, in one statement),
+    so the cost follows the number of pairs, not the size of the table. (A row-value ``IN`` over the
+    parent table is not indexable: PostgreSQL scanned every partition for it, in parallel, testing each
+    row against every pair.) An id whose shard holds no partition is not stored.
+    """
+    wanted = set(pairs)
+    by_shard: dict[int, list[int]] = {}
+    for _user_id, coupon_id in wanted:
+        shard = ids.shard_of(coupon_id)
+        if shard < models.SHARDS:
+            by_shard.setdefault(shard, []).append(coupon_id)
+    if not by_shard:
+        return set()
+    parts = []
+    for shard, coupon_ids in sorted(by_shard.items()):
+        table = models.partition(shard)
+        param = bindparam(f"ids_{shard}", coupon_ids, type_=ARRAY(BigInteger))
+        parts.append(select(table.c.user_id, table.c.id).where(table.c.id == any_(param)))
+    rows = (await conn.execute(parts[0] if len(parts) == 1 else union_all(*parts))).all()
+    return {row.id for row in rows if (row.user_id, row.id) in wanted}
 
 
 async def audit(

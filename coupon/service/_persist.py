@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, tuple_
-
 from coupon import codes as coupon_codes
 from coupon import models
 from coupon import store as coupon_store
@@ -169,10 +167,8 @@ async def stored_ids(kernel: Kernel, pairs: Sequence[tuple[int, int]]) -> set[in
     """Which of ``(user_id, coupon_id)`` PostgreSQL has (each probe names its user, so its partition)."""
     if not pairs:
         return set()
-    table = _coupons.USER_COUPONS
     async with kernel.sessionmaker() as session:
-        rows = await session.execute(select(table.c.id).where(tuple_(table.c.user_id, table.c.id).in_(list(pairs))))
-        return {r.id for r in rows}
+        return await _coupons.stored_of(session, pairs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text, tuple_
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from coupon import codes as coupon_codes
@@ -101,17 +101,7 @@ async def issue_premade(
     left = [c for cid, c in unique.items() if cid not in done]
     if left:
         # Either stored before (a redelivery: fine) or, about once in 2**65, a code someone else holds.
-        table = _coupons.USER_COUPONS
-        present = {
-            row.id
-            for row in (
-                await conn.execute(
-                    select(table.c.id).where(
-                        tuple_(table.c.user_id, table.c.id).in_([(c.user_id, c.coupon_id) for c in left])
-                    )
-                )
-            ).all()
-        }
+        present = await _coupons.stored_of(conn, [(c.user_id, c.coupon_id) for c in left])
         for c in left:
             if c.coupon_id in present:
                 continue

@@ -394,6 +394,27 @@ async def test_consumer_is_idempotent_on_the_coupon_id(
     assert rows == [("system:claims", None, "unused", f"issued (claim {template['id']})")]
 
 
+async def test_stored_ids_probes_each_pair_in_its_own_partition(
+    client: httpx.AsyncClient, accounts: Any, make_template: MakeTemplate, kernel: Kernel
+) -> None:
+    """The reconciler's question (which of these claims does PostgreSQL have?) is answered pair by pair:
+    a stored id under another user is not stored, nor is an id nobody wrote or one naming no partition."""
+    merchant = await accounts.merchant()
+    runners = [await accounts.runner() for _ in range(4)]  # several shards: one probe per partition touched
+    template = await make_template(merchant, total_count=10, per_user_limit=5)
+    got = [(await client.post(claim_path(template["id"]), headers=r.headers)).json() for r in runners]
+    await persisted(kernel, template["id"], len(runners))
+    pairs = [(int(r.user_id), int(c["id"])) for r, c in zip(runners, got, strict=True)]
+    (a, a_coupon), (b, _b_coupon) = pairs[0], pairs[1]
+    never, _ = coupon_service.new_identifiers(kernel.ids, a)
+    no_partition = (a_coupon & ~63) | 63  # shard 63: past the 16 partitions
+    asked = [*pairs, (b, a_coupon), (a, never), (a, no_partition)]
+    assert await coupon_service.stored_ids(kernel, asked) == {c for _u, c in pairs}
+    assert await coupon_service.stored_ids(kernel, [(b, a_coupon), (a, never), (a, no_partition)]) == set()
+    assert await coupon_service.stored_ids(kernel, [pairs[0]]) == {a_coupon}
+    assert await coupon_service.stored_ids(kernel, []) == set()
+
+
 async def test_a_colliding_code_gets_a_fresh_one_rather_than_losing_the_coupon(
     client: httpx.AsyncClient, accounts: Any, make_template: MakeTemplate, kernel: Kernel
 ) -> None:
