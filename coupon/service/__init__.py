@@ -25,7 +25,7 @@ from coupon.service._persist import CONSUMER as CLAIMS_CONSUMER
 from coupon.service._persist import GRACE_MS as CLAIMS_GRACE_MS
 from coupon.service._persist import ReconcileReport, handle_claims, persist_claims, reconcile, stored_ids
 from coupon.service._pools import claim_store, create_pool, ensure_pool
-from coupon.service._premade import Issued, PremadeCoupon, issue_premade
+from coupon.service._premade import Issued, PremadeCoupon, check_premade, issue_premade
 from coupon.service._quotes import CouponQuote, order_amount, quote
 from coupon.service._records import Actor, CouponRecord, TemplateRecord, WalletPage, system_actor
 from coupon.service._redeem import RedeemRequest, RedemptionResult, redeem
@@ -82,6 +82,7 @@ __all__ = [
     "all_unused",
     "allow_claims",
     "batch_message",
+    "check_premade",
     "claim_event",
     "claim_flash",
     "claim_guards",

@@ -20,17 +20,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from coupon import codes as coupon_codes
-from coupon import models
 from coupon import store as coupon_store
 from coupon.service import _coupons, _pools
 from coupon.service._pools import ms_to_datetime
-from coupon.service._premade import PremadeCoupon, issue_premade
+from coupon.service._premade import PremadeCoupon, check_premade, issue_premade
 from coupon.service._records import TemplateRecord, system_actor
 from coupon.service._sender import MAX_CLAIMS, batch_message, claimed_event
 from coupon.service._templates import get_template
 from coupon.service._wallet import invalidate_new_coupons
-from picool import events, ids
+from picool import events
 from picool.ids import parse_id_str
 from picool.kafka import Message, payloads
 from picool.kernel import Kernel
@@ -94,7 +92,7 @@ async def persist_claims(kernel: Kernel, claims: Sequence[PremadeCoupon], *, tid
         if c.template_id not in templates:
             continue
         try:
-            _check(c)
+            check_premade(c)
         except ValueError as exc:
             log.error("claim %s cannot be stored: %s", c.coupon_id, exc)
             continue
@@ -105,7 +103,7 @@ async def persist_claims(kernel: Kernel, claims: Sequence[PremadeCoupon], *, tid
     # Autocommit: the batch is one statement, atomic by itself (see issue_premade); no BEGIN/COMMIT.
     async with kernel.engine.connect() as conn:
         auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        inserted = await issue_premade(auto, templates, good, actor=system_actor("claims"), now=now)
+        inserted = await issue_premade(auto, templates, good, actor=system_actor("claims"), now=now, checked=True)
     done: dict[int, list[int]] = {}
     for c in good:
         done.setdefault(c.template_id, []).append(c.coupon_id)
@@ -133,17 +131,6 @@ async def _tidy_quietly(kernel: Kernel, done: dict[int, list[int]], users: list[
         await _tidy(kernel, done, users)
     except Exception:
         log.warning("could not clear %d persisted claims from pending; the reconciler will", len(users), exc_info=True)
-
-
-def _check(c: PremadeCoupon) -> None:
-    shard = models.shard_of_user(c.user_id)
-    if ids.shard_of(c.coupon_id) != shard:
-        raise ValueError("coupon id does not carry the user's shard")
-    try:
-        if coupon_codes.shard_of(c.code) != shard:
-            raise ValueError("code does not carry the user's shard")
-    except coupon_codes.CodeError as exc:
-        raise ValueError(f"malformed code: {exc}") from None
 
 
 async def handle_claims(kernel: Kernel, messages: Sequence[Message]) -> int:

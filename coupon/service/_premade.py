@@ -33,6 +33,20 @@ class PremadeCoupon:
     received_at: datetime
 
 
+def check_premade(c: PremadeCoupon) -> None:
+    """``ValueError`` unless the coupon's id and code carry its user's shard and its source kind is known."""
+    shard = models.shard_of_user(c.user_id)
+    if ids.shard_of(c.coupon_id) != shard:
+        raise ValueError("coupon id does not carry the user's shard")
+    try:
+        if coupon_codes.shard_of(c.code) != shard:
+            raise ValueError("code does not carry the user's shard")
+    except coupon_codes.CodeError as exc:
+        raise ValueError(f"malformed code: {exc}") from None
+    if c.source_kind not in SOURCE_KINDS:
+        raise ValueError(f"unknown source kind {c.source_kind!r}")
+
+
 _INSERT_PREMADE = text(
     """
     WITH ins AS (
@@ -75,6 +89,7 @@ async def issue_premade(
     *,
     actor: Actor,
     now: datetime,
+    checked: bool = False,
 ) -> list[Issued]:
     """Write a batch of pre-decided coupons; returns those newly written.
 
@@ -86,14 +101,12 @@ async def issue_premade(
     (Redis), so nothing here refuses for stock or per-user limit; the table's CHECK (``assigned <=
     total_count``) fails the whole statement if the two ever disagreed. Two batches of the same *two*
     templates can deadlock on the template rows; PostgreSQL then fails one and the consumer retries it.
-    Every coupon must carry its user's shard (``ValueError`` otherwise) and name a template in ``templates``.
+    Every coupon must pass :func:`check_premade` (``ValueError`` otherwise; ``checked`` says the caller
+    already checked each one) and name a template in ``templates``.
     """
-    for c in coupons:
-        shard = models.shard_of_user(c.user_id)
-        if ids.shard_of(c.coupon_id) != shard or coupon_codes.shard_of(c.code) != shard:
-            raise ValueError(f"coupon {c.coupon_id} does not carry the shard of user {c.user_id}")
-        if c.source_kind not in SOURCE_KINDS:
-            raise ValueError(f"unknown source kind {c.source_kind!r}")
+    if not checked:
+        for c in coupons:
+            check_premade(c)
     unique = {c.coupon_id: c for c in coupons}
     if not unique:
         return []

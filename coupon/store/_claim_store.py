@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from coupon.store._keys import DENY_KEY, POOLS_KEY, SCRIPT_PACKAGE, PoolKeys
 from coupon.store._records import ClaimOutcome, ClaimRecord, ClaimResult, PoolSpec, SessionSpec
-from picool.redis import ScriptRegistry
+from picool.redis import ScriptRegistry, direct
 
 
 def _s(value: Any) -> str:
@@ -225,16 +225,15 @@ class ClaimStore:
         return {int(k): ClaimRecord.decode(int(k), v) for k, v in raw.items()}
 
     async def ack(self, persisted: Mapping[int, Iterable[int]]) -> None:
-        """Drop persisted coupon ids (by template) from the pending sets, in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        n = 0
+        """Drop persisted coupon ids (by template) from the pending sets, in one round trip (the claim
+        consumer does this after every batch: the shared connection, not a pipeline object)."""
+        commands = []
         for template_id, ids in persisted.items():
             members = [str(i) for i in ids]
             if members:
-                pipe.zrem(PoolKeys(template_id).pending, *members)
-                n += 1
-        if n:
-            await pipe.execute()
+                commands.append(("ZREM", PoolKeys(template_id).pending, *members))
+        if commands:
+            await direct(self.redis).execute_many(commands)
 
     async def postpone(self, template_id: int, coupon_ids: Sequence[int], now_ms: int) -> None:
         """Give re-sent claims a fresh grace period (only those still pending: ``XX``)."""

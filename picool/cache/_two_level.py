@@ -242,8 +242,9 @@ class TwoLevelCache(Generic[T]):
         """
         if not keys:
             return
-        for key in keys:
-            self.local.pop(key, None)
+        if self.local:  # a process that never read this cache (the claim consumer) has nothing to drop
+            for key in keys:
+                self.local.pop(key, None)
         commands = self.invalidation_commands(keys)
         if len(keys) > clear_above:
             commands.append(("PUBLISH", CHANNEL, f"{self.name}\x00*"))

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from coupon import codes as coupon_codes
 from coupon import models
 from coupon import service as coupon_service
 from coupon import store as coupon_store
@@ -413,6 +414,35 @@ async def test_stored_ids_probes_each_pair_in_its_own_partition(
     assert await coupon_service.stored_ids(kernel, [(b, a_coupon), (a, never), (a, no_partition)]) == set()
     assert await coupon_service.stored_ids(kernel, [pairs[0]]) == {a_coupon}
     assert await coupon_service.stored_ids(kernel, []) == set()
+
+
+async def test_a_claim_that_can_never_be_stored_does_not_hold_up_its_batch(
+    client: httpx.AsyncClient, accounts: Any, make_template: MakeTemplate, kernel: Kernel
+) -> None:
+    """Each claim of a consumer batch is checked once: one whose code names another shard, or is no code,
+    is logged and skipped (left pending where it stays visible), and the rest of the batch is written."""
+    merchant, runner = await accounts.merchant(), await accounts.runner()
+    template = await make_template(merchant, total_count=10, per_user_limit=5)
+    uid, tid = int(runner.user_id), int(template["id"])
+
+    def premade(code: str | None = None) -> coupon_service.PremadeCoupon:
+        coupon_id, fresh = coupon_service.new_identifiers(kernel.ids, uid)
+        return coupon_service.PremadeCoupon(
+            coupon_id=coupon_id, user_id=uid, code=fresh if code is None else code, template_id=tid,
+            source_kind="claim", source_ref=template["id"], received_at=datetime.now(UTC),
+        )  # fmt: skip
+
+    other_shard = coupon_codes.new_code((models.shard_of_user(uid) + 1) % models.SHARDS)
+    good, wrong_shard, not_a_code = premade(), premade(other_shard), premade("NOT-A-CODE")
+    with pytest.raises(ValueError, match="shard"):
+        coupon_service.check_premade(wrong_shard)
+    with pytest.raises(ValueError, match="malformed code"):
+        coupon_service.check_premade(not_a_code)
+    assert await coupon_service.persist_claims(kernel, [wrong_shard, good, not_a_code]) == 1
+    assert await pg_count(kernel, tid) == 1 and await assigned(kernel, tid) == 1
+    assert await coupon_service.stored_ids(kernel, [(uid, c.coupon_id) for c in (good, wrong_shard, not_a_code)]) == {
+        good.coupon_id
+    }
 
 
 async def test_a_colliding_code_gets_a_fresh_one_rather_than_losing_the_coupon(
