@@ -66,7 +66,7 @@ class ParsedCode:
 
 # Digits are written ten bits (two digits) at a time from a table and read by int(text, 32) (digits 0-9a-v)
 # after translating Crockford's alphabet: far cheaper than a loop in Python, and a claim makes a code once
-# and the claim consumer reads it twice.
+# and the claim consumer reads it once more.
 _PAIRS = [a + b for a in ALPHABET for b in ALPHABET]  # the two digits of every 10-bit value
 _BASE32 = b"0123456789abcdefghijklmnopqrstuv"
 # Every byte that is no Crockford digit (nor one of its look-alikes) becomes "!", which int() refuses.
