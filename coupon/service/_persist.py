@@ -151,7 +151,8 @@ async def handle_claims(kernel: Kernel, messages: Sequence[Message]) -> int:
 
 
 async def stored_ids(kernel: Kernel, pairs: Sequence[tuple[int, int]]) -> set[int]:
-    """Which of ``(user_id, coupon_id)`` PostgreSQL has (each probe names its user, so its partition)."""
+    """Which of ``(user_id, coupon_id)`` PostgreSQL has (:func:`coupon.service._coupons.stored_of`: each id
+    probed in the partition its shard names)."""
     if not pairs:
         return set()
     async with kernel.sessionmaker() as session:
