@@ -44,7 +44,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import psutil
-from harness import accounts, load
+from harness import accounts, load, procfs
 from harness.results import Results, http_row
 from harness.runs import PING, all_ok
 from harness.servers import App, Sampler, Servers, Worker, embedded_servers, install_signal_handlers
@@ -208,35 +208,28 @@ class Probe:
 class ProcessCpu:
     """The CPU time of processes (each with its descendants, living and reaped), sampled in a thread, so a
     run's CPU per request can be read off its measured window: unlike throughput, that figure does not
-    depend on what else the machine is doing. One pid, or named groups (:func:`stack_groups`)."""
+    depend on what else the machine is doing. One pid, or named groups (:func:`stack_groups`).
+
+    Four samples a second, each a millisecond or so of reads from /proc (:mod:`harness.procfs`): the
+    sampler runs on the machine it measures."""
+
+    INTERVAL_S = 0.25
 
     def __init__(self, pids: int | dict[str, list[int]]) -> None:
-        groups = {"": [pids]} if isinstance(pids, int) else pids
-        self.groups = {name: [psutil.Process(p) for p in ps] for name, ps in groups.items()}
+        self.groups = {"": [pids]} if isinstance(pids, int) else dict(pids)
         self.samples: list[tuple[float, dict[str, float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="process-cpu", daemon=True)
 
-    @staticmethod
-    def _cpu(proc: psutil.Process) -> float:
-        total = 0.0
-        try:
-            t = proc.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system  # children: the reaped ones
-            for child in proc.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    c = child.cpu_times()
-                    total += c.user + c.system
-        except psutil.Error:
-            pass
-        return total
+    def _sample(self) -> None:
+        cpu = {name: sum(map(procfs.tree_cpu_s, pids)) for name, pids in self.groups.items()}
+        self.samples.append((time.monotonic(), cpu))
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append(
-                (time.monotonic(), {name: sum(map(self._cpu, procs)) for name, procs in self.groups.items()})
-            )
-            self._stop.wait(0.05)
+        self._sample()
+        while not self._stop.wait(self.INTERVAL_S):
+            self._sample()
+        self._sample()
 
     def __enter__(self) -> ProcessCpu:
         self._thread.start()

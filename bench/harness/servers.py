@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from harness import procfs
 
 from picool import migrate
 from picool.stack import EmbeddedStack, free_port
@@ -281,22 +282,14 @@ class Worker(_Child):
 
 def tree_rss(pid: int) -> int:
     """RSS in bytes of ``pid`` and all its descendants (0 if gone)."""
-    try:
-        p = psutil.Process(pid)
-        procs = [p, *p.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for q in procs:
-        with contextlib.suppress(psutil.Error):
-            total += q.memory_info().rss
-    return total
+    return sum(map(procfs.rss, procfs.tree(pid)))
 
 
 class Sampler:
     """Samples, every ``interval_s`` in a thread: the app's RSS (peak kept) and the machine's CPU split
     between our process tree (this scenario, the servers, the app, the load generator) and everything else
-    (the other people on a shared machine)."""
+    (the other people on a shared machine). Each sample reads /proc directly (:mod:`harness.procfs`): it
+    runs inside the phase it measures."""
 
     def __init__(self, app_pid: int | None = None, interval_s: float = 0.2) -> None:
         self.app_pid = app_pid
@@ -311,24 +304,15 @@ class Sampler:
         self.wall_s = 0.0
 
     def _tree_cpu(self) -> float:
-        me = psutil.Process()
         delta = 0.0
-        try:
-            procs = [me, *me.children(recursive=True)]
-        except psutil.Error:
-            procs = [me]
-        for q in procs:
-            try:
-                t = q.cpu_times()
-                cpu = t.user + t.system
-            except psutil.Error:
+        for pid in procfs.tree(os.getpid()):
+            t = procfs.times(pid)
+            if t is None:
                 continue
-            prev = self._seen.get(q.pid)
-            if prev is None:
-                self._seen[q.pid] = cpu
-                continue
-            delta += max(0.0, cpu - prev)
-            self._seen[q.pid] = cpu
+            prev = self._seen.get(pid)
+            self._seen[pid] = t.own
+            if prev is not None:
+                delta += max(0.0, t.own - prev)
         return delta
 
     def _run(self) -> None:
