@@ -5,6 +5,12 @@ Each key holds a sorted set of the admitted requests' timestamps; the script dro
 the window, counts the rest and admits the request only if the count is below N. One script call checks
 the keys of one hash tag (one Cluster slot; a key without a tag alone), so it works unchanged on Redis
 Cluster.
+
+The windows live in memory only: the script tells Redis not to write its changes to the append-only
+file or to replicas (``redis.set_repl(redis.REPL_NONE)``). Every request of every client passes here, so
+these were most of what Redis appended to disk, on the same disk as the claim ledger and PostgreSQL's
+WAL; a Redis restart or a failover forgets the windows (each client may start one fresh window), which a
+flood guard can afford and a ledger could not.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from picool.redis import DirectScript, direct
 # KEYS: one window set per limit (all in one Cluster slot). ARGV: now_ms, then per key: window_ms, limit, member.
 # Returns per key {admitted(0/1), count_after, oldest_ms}; each key is decided by itself.
 _SLIDING = """
+redis.set_repl(redis.REPL_NONE)
 local now = tonumber(ARGV[1])
 local out = {}
 for i = 1, #KEYS do

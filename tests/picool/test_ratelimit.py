@@ -51,3 +51,37 @@ async def test_keys_of_one_hash_tag_share_a_script_call_and_stay_exact(
     assert [sum(d[i].allowed for d in decisions) for i in range(5)] == [6, 9, 3, 4, 2]  # in order, each exact
     refused = next(d[2] for d in decisions if not d[2].allowed)
     assert (refused.limit, refused.remaining) == (3, 0) and 1 <= refused.retry_after_s <= 60
+
+
+async def _aof_size(kernel: Kernel) -> int:
+    info = await kernel.redis.info("persistence")
+    return int(info["aof_current_size"])
+
+
+async def test_windows_are_kept_out_of_the_append_only_file(client: httpx.AsyncClient, kernel: Kernel) -> None:
+    """The windows are not written to disk (nor to replicas): every request passes here, the ledger
+    shares the disk. The control writes the same sorted-set entries directly and must grow the file."""
+    redis = kernel.redis
+    was = (await redis.config_get("appendonly"))["appendonly"]
+    await redis.config_set("appendonly", "yes")
+    try:
+        for _ in range(200):  # switching it on rewrites the file in the background first
+            info = await redis.info("persistence")
+            if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+                break
+            await asyncio.sleep(0.05)
+        limiter = RateLimiter(redis, prefix="test:rla:")
+        before = await _aof_size(kernel)
+        for i in range(100):
+            decisions = await limiter.hit_many([(f"{{ip:10.0.0.{i % 4}}}:a", Limit(1000, 60)), ("b", Limit(1000, 60))])
+            assert all(d.allowed for d in decisions)
+        after_hits = await _aof_size(kernel)
+        for i in range(100):
+            await redis.zadd("test:rla:control", {f"1700000000000:{i}": 1_700_000_000_000 + i})
+        after_control = await _aof_size(kernel)
+    finally:
+        await redis.config_set("appendonly", was)
+    assert after_control - after_hits > 5_000  # the file does grow with writes that are propagated
+    # 200 window updates would append well over 20 KB; allow for other processes' few writes meanwhile.
+    assert after_hits - before < 2_000
+    assert await redis.zcard("test:rla:b") == 100  # counted in memory all the same
