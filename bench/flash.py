@@ -20,9 +20,15 @@ persistence lag (201 → row in PostgreSQL), and the invariants after the run.
 - afterwards: every claim Redis accepted is in PostgreSQL once (ledger = rows = counter, nothing
   pending), every probe 201 is a row, every load response was 201, no oversell, nobody over the limit.
 
+The CPUs (``--cpus``): by default (``background``) the claims' background — ``picool work``, PostgreSQL
+and the Kafka broker — runs on the last CPU only, while the app, Redis and the load generator may use every
+CPU. In a deployment those run on hosts (or CPU-limited containers) of their own; on one 2-core machine,
+left free, a burst of consumer batch, insert and WAL work can hold both cores at once and stall every
+request for its length. ``shared`` leaves every process free; ``app`` puts the app alone on CPU 0 and
+everything else on the last CPU.
+
     uv run python bench/flash.py [--seconds N]      # default 8 s per phase; about 2.5 minutes in all
-    uv run python bench/flash.py --pin              # the app on CPU 0, the rest on CPU 1 (less preemption;
-                                                    # the load generator's own ceiling is then one core's)
+    uv run python bench/flash.py --cpus shared      # no process pinned
     uv run python bench/flash.py --single           # consumer and reconciler in the serving process
 """
 
@@ -32,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import sys
 import threading
@@ -264,6 +271,24 @@ def stack_groups(app: App, worker: Worker | None, servers: Servers) -> dict[str,
     return groups
 
 
+CPU_LAYOUTS = ("background", "shared", "app")
+
+
+def _pin(layout: str, groups: dict[str, list[int]], last_cpu: int) -> str:
+    """Pin the stack's processes (every thread, and what they start later) as ``layout`` says; returns what
+    was done, for the results."""
+    if layout == "background":
+        background = groups["worker"] + groups["postgres"] + groups["kafka"]
+        threads = procfs.pin(background, {last_cpu})
+        return (f"background: picool work, PostgreSQL and Kafka ({threads} threads) on CPU {last_cpu}; "
+                "the app, Redis, the load generator and the probe on any CPU")  # fmt: skip
+    if layout == "app":
+        threads = procfs.pin(groups["app"], {0})
+        return (f"app: the app ({threads} threads) on CPU 0; servers, worker, load generator and probe on "
+                f"CPU {last_cpu}")  # fmt: skip
+    return "shared: no process pinned"
+
+
 def _cpu_line(ms: dict[str, float]) -> str:
     return " + ".join(f"{k} {v:.2f}" for k, v in ms.items() if k != "total") + f" = {ms['total']:.2f} ms"
 
@@ -349,21 +374,25 @@ async def _settle_and_check(res: Results, servers: Servers, seeded: Seeded, prob
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per phase")
-    parser.add_argument("--pin", action="store_true",
-                        help="the app on CPU 0, everything else (servers, load generator, probe) on CPU 1")  # fmt: skip
+    parser.add_argument("--cpus", choices=CPU_LAYOUTS, default="background",
+                        help="background: picool work, PostgreSQL and Kafka on the last CPU, the rest free "
+                             "(default); shared: nothing pinned; app: the app on CPU 0, everything else on the "
+                             "last CPU")  # fmt: skip
+    parser.add_argument("--pin", action="store_true", help="the same as --cpus app")
     parser.add_argument("--single", action="store_true",
                         help="the claim consumer and reconciler in the serving process (no picool work)")  # fmt: skip
     args = parser.parse_args()
-    if args.pin:
-        import os
-
-        os.sched_setaffinity(0, {1})  # this process and all it starts from now on
+    cpus = "app" if args.pin else args.cpus
+    last_cpu = max(os.sched_getaffinity(0))
+    if last_cpu == 0:
+        cpus = "shared"  # one CPU: nothing to pin to
+    if cpus == "app":
+        os.sched_setaffinity(0, {last_cpu})  # this process and all it starts from now on
     seconds = max(2.0, min(args.seconds, 30.0))
     install_signal_handlers()
     res = Results("flash")
-    res.extra["command"] = (
-        f"uv run python bench/flash.py --seconds {seconds:g}" + " --pin" * args.pin + (" --single" * args.single)
-    )
+    single = " --single" if args.single else ""
+    res.extra["command"] = f"uv run python bench/flash.py --seconds {seconds:g} --cpus {cpus}{single}"
     res.extra["layout"] = "single" if args.single else "split"
     print("flash: the load generator's own ceiling ...", flush=True)
     for c in CONCURRENCY:
@@ -379,9 +408,6 @@ def main() -> int:
         App(servers, name="flash", serve_args=serve_args, **CLAIM_LIMITS) as app,
         contextlib.nullcontext(None) if args.single else Worker(app) as worker,
     ):
-        if args.pin:
-            psutil.Process(app.pid).cpu_affinity([0])
-            res.extra["pinned"] = "app on CPU 0; servers, worker, load generator and probe on CPU 1"
         seeded = asyncio.run(_seed(servers, app))
         claim_path = f"/api/v1/coupon/flash-sessions/{seeded.session_id}/claims"
         pings = [load.get(PING, {"Authorization": f"Bearer {t}"}) for t in seeded.tokens]
@@ -392,6 +418,8 @@ def main() -> int:
         probe_lags: list[float] = []
         probe_ids: list[int] = []
         groups = stack_groups(app, worker, servers)
+        res.extra["cpus"] = _pin(cpus, groups, last_cpu)
+        print(f"flash: CPUs: {res.extra['cpus']}", flush=True)
         for c in CONCURRENCY:
             with Sampler(app.pid) as sampler, ProcessCpu(groups) as cpu:
                 started = time.monotonic()

@@ -1,4 +1,5 @@
-"""Cheap readings of a process tree's CPU time and memory, for samplers that run inside measured phases.
+"""Cheap readings of a process tree's CPU time and memory, for samplers that run inside measured phases,
+and pinning a running tree to CPUs.
 
 A sampler shares the machine with what it measures. psutil's ``children(recursive=True)`` reads the
 ``stat`` file of every process on the machine to find one tree, and ``cpu_times()`` costs a few more
@@ -93,3 +94,22 @@ def rss(pid: int) -> int:
             return int(f.read().split()[1]) * _PAGE
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def pin(pids: list[int], cpus: set[int]) -> int:
+    """Restrict every thread of ``pids`` and of all their descendants to ``cpus``; returns how many threads
+    were pinned. Linux sets a CPU mask per thread (``sched_setaffinity`` of a pid is its main thread's
+    only; psutil's ``cpu_affinity`` too), and a new thread or child takes its creator's mask: pin a server
+    whose threads and workers are already running, and what it starts later follows."""
+    pinned = 0
+    for root in pids:
+        for p in tree(root):
+            try:
+                tids = os.listdir(f"/proc/{p}/task")
+            except OSError:
+                continue  # gone
+            for tid in tids:
+                with contextlib.suppress(OSError):  # the thread ended meanwhile
+                    os.sched_setaffinity(int(tid), cpus)
+                    pinned += 1
+    return pinned
