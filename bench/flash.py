@@ -55,6 +55,8 @@ from harness.results import Results, http_row
 from harness.runs import PING, all_ok
 from harness.servers import App, Sampler, Servers, Worker, embedded_servers, install_signal_handlers
 
+from coupon.models import shard_of_user
+
 RUNNERS = 2000
 PER_USER_LIMIT = 10_000_000
 STOCK = 3_000_000
@@ -187,16 +189,10 @@ class Probe:
             while True:
                 if outstanding:
                     keys = list(outstanding)
-                    rows = await conn.fetch(
-                        "SELECT c.id FROM user_coupons c JOIN unnest($1::bigint[], $2::bigint[]) AS t(u, i) "
-                        "ON c.user_id = t.u AND c.id = t.i",
-                        [k[0] for k in keys],
-                        [k[1] for k in keys],
-                    )
+                    seen = await _stored(conn, keys)
                     now = time.monotonic()
-                    seen = {r["id"] for r in rows}
                     for k in keys:
-                        if k[1] in seen:
+                        if k in seen:
                             self.lags.append(now - outstanding.pop(k))
                 if done.is_set():
                     deadline = deadline or time.monotonic() + 15
@@ -209,6 +205,22 @@ class Probe:
             await asyncio.gather(claims(), poll())
         finally:
             await conn.close()
+
+
+async def _stored(conn: asyncpg.Connection, pairs: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Which ``(user_id, coupon_id)`` pairs are rows: each id looked up in its user's partition only. (A join
+    of the pairs with the parent table scans every partition — 7.5 ms a poll at 42,000 rows, 50 polls a
+    second, CPU taken from the stack being measured.)"""
+    by_shard: dict[int, list[int]] = {}
+    for user_id, coupon_id in pairs:
+        by_shard.setdefault(shard_of_user(user_id), []).append(coupon_id)
+    shards = sorted(by_shard)
+    sql = " UNION ALL ".join(
+        f"SELECT user_id, id FROM user_coupons_p{shard} WHERE id = ANY(${n}::bigint[])"
+        for n, shard in enumerate(shards, 1)
+    )
+    rows = await conn.fetch(sql, *(by_shard[shard] for shard in shards))
+    return {(r["user_id"], r["id"]) for r in rows} & set(pairs)
 
 
 class ProcessCpu:
