@@ -196,8 +196,12 @@ def make_plan(
     speed: float,
     rng: random.Random,
 ) -> Plan:
-    """A plan of ``kind`` from ``start`` to a point well inside the arrival circle of ``destination``."""
-    end = point_at(destination, rng.uniform(0, 0.3 * radius_m), rng.uniform(0, 360))
+    """A plan of ``kind`` from ``start`` to a point well inside the arrival circle of ``destination``, on
+    the circle's far side from ``start``: the run is never shorter than the way to the destination (an
+    end point on the near side of a 120 m circle could leave a short run under the task's minimum)."""
+    off, bearing = rng.uniform(0, 0.3 * radius_m), rng.uniform(0, 360)
+    end = max(point_at(destination, off, bearing), point_at(destination, off, bearing + 180),
+              key=lambda p: distance_m(start, p))  # fmt: skip
     plan = Plan(kind, start, end, speed, rng)
     if kind == "teleporter":
         plan.jump_at_s = rng.uniform(15.0, 25.0)

@@ -16,11 +16,13 @@ DEST = (31.2304, 121.4737)
 RADIUS_M = 80.0
 
 
-def _verify(kind: tracks.Kind, seed: int, run_seconds: float = 90.0) -> tuple[run_domain.Verdict, tracks.Plan]:
+def _verify(
+    kind: tracks.Kind, seed: int, run_seconds: float = 90.0, radius_m: float = RADIUS_M
+) -> tuple[run_domain.Verdict, tracks.Plan]:
     rng = random.Random(seed)
     speed = tracks.speed_mps(kind, rng)
     start = tracks.point_at(DEST, tracks.start_distance_m(kind, speed, run_seconds, rng), rng.uniform(0, 360))
-    plan = tracks.make_plan(kind, start, DEST, RADIUS_M, speed=speed, rng=rng)
+    plan = tracks.make_plan(kind, start, DEST, radius_m, speed=speed, rng=rng)
     accepted = 1_800_000_000_000
     points = []
     t = 1
@@ -30,7 +32,7 @@ def _verify(kind: tracks.Kind, seed: int, run_seconds: float = 90.0) -> tuple[ru
         t += 1
     verdict = run_domain.verify_run(
         points,
-        run_domain.Destination(DEST[0], DEST[1], RADIUS_M),
+        run_domain.Destination(DEST[0], DEST[1], radius_m),
         min_distance_m=0.6 * 2.5 * run_seconds,  # what the scenario asks of its tasks
         accepted_at_ms=accepted,
         deadline_ms=accepted + 3_600_000,
@@ -47,6 +49,15 @@ def test_honest_runners_complete(seed: int, run_seconds: float) -> None:
     # About what was asked: the finish point lies up to 0.3 radius off the destination, then 3 s of dwell.
     slack = 0.3 * RADIUS_M / 2.5
     assert 0.8 * run_seconds - slack <= plan.duration_s <= 1.2 * run_seconds + slack + 3
+
+
+def test_short_runs_into_a_wide_circle_are_long_enough() -> None:
+    # The scenario test's runs last 20 s (50-90 m) and its tasks' arrival circles reach 120 m: an end
+    # point on the circle's near side used to leave about one honest run in seventy under the minimum.
+    for seed in range(300):
+        verdict, plan = _verify("honest", seed, 20.0, radius_m=120.0)
+        assert verdict.ok, (seed, verdict, plan.path_length_m)
+        assert plan.path_length_m >= tracks.distance_m(plan.start, DEST) - 1.0
 
 
 @settings(max_examples=30, deadline=None)
