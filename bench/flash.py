@@ -17,6 +17,9 @@ persistence lag (201 → row in PostgreSQL), and the invariants after the run.
 - a probe claims 25 times a second alongside the load and polls PostgreSQL for each coupon it got: the
   time from its 201 to the row being visible (also, for every claim of the run, the time from the claim
   to the consumer writing it, from the rows themselves);
+- in every phase, the whole machine's busy share and the share the hypervisor took (steal, from
+  ``/proc/stat``): on a virtual machine that can be a quarter of the CPU, in bursts, and it is part of
+  every tail measured here;
 - afterwards: every claim Redis accepted is in PostgreSQL once (ledger = rows = counter, nothing
   pending), every probe 201 is a row, every load response was 201, no oversell, nobody over the limit.
 
@@ -37,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import statistics
 import sys
@@ -236,12 +240,15 @@ class ProcessCpu:
     def __init__(self, pids: int | dict[str, list[int]]) -> None:
         self.groups = {"": [pids]} if isinstance(pids, int) else dict(pids)
         self.samples: list[tuple[float, dict[str, float]]] = []
+        self.machine_samples: list[tuple[float, procfs.MachineTimes]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="process-cpu", daemon=True)
 
     def _sample(self) -> None:
         cpu = {name: sum(map(procfs.tree_cpu_s, pids)) for name, pids in self.groups.items()}
-        self.samples.append((time.monotonic(), cpu))
+        now = time.monotonic()
+        self.samples.append((now, cpu))
+        self.machine_samples.append((now, procfs.machine_times()))
 
     def _run(self) -> None:
         self._sample()
@@ -264,6 +271,15 @@ class ProcessCpu:
             return float("nan")
         (t0, c0), (t1, c1) = inside[0], inside[-1]
         return (c1[group] - c0[group]) / (t1 - t0) if t1 > t0 else float("nan")
+
+    def machine(self, start: float, end: float) -> dict[str, float]:
+        """The whole machine between two monotonic times: the share of its CPU time busy and the share the
+        hypervisor took (steal), 0..1. On a virtual machine a phase can lose a quarter of its CPU that way,
+        in bursts, which no process of the stack shows in its own CPU time."""
+        inside = [m for t, m in self.machine_samples if start <= t <= end]
+        if len(inside) < 2:
+            return {"busy": float("nan"), "steal": float("nan")}
+        return inside[0].shares_until(inside[-1])
 
     def per_request_ms(self, start: float, end: float, rps: float) -> dict[str, float]:
         """Each group's CPU per request (ms) at ``rps`` over the window, and their ``total``."""
@@ -298,6 +314,11 @@ def _pin(layout: str, groups: dict[str, list[int]], last_cpu: int) -> str:
         return (f"app: the app ({threads} threads) on CPU 0; servers, worker, load generator and probe on "
                 f"CPU {last_cpu}")  # fmt: skip
     return "shared: no process pinned"
+
+
+def _pct_of(share: float) -> str:
+    """A 0..1 share as a percentage for the notes ("n/a" when it could not be read)."""
+    return "n/a" if math.isnan(share) else f"{share:.0%}"
 
 
 def _cpu_line(ms: dict[str, float]) -> str:
@@ -436,10 +457,12 @@ def main() -> int:
                 started = time.monotonic()
                 ceiling = load.run(f"ceiling: GET {PING} c={c}", app.port, pings, concurrency=c,
                                    duration_s=seconds, warmup_s=WARMUP_S)  # fmt: skip
-            ping_cpu = cpu.per_request_ms(*_measured(c, seconds, WARMUP_S, started), ceiling.rps)
+            window = _measured(c, seconds, WARMUP_S, started)
+            ping_cpu = cpu.per_request_ms(*window, ceiling.rps)
             ping_ms = ping_cpu["app"]
             http_row(res, f"ceiling: GET {PING} (token) c={c}", ceiling, sampler, role="ceiling",
-                     app_cpu_ms_per_request=round(ping_ms, 3), cpu_ms_per_request=ping_cpu)  # fmt: skip
+                     app_cpu_ms_per_request=round(ping_ms, 3), cpu_ms_per_request=ping_cpu,
+                     machine=cpu.machine(*window))  # fmt: skip
             all_ok(res, f"ping c={c}", ceiling)
             res.extra[f"ceiling_rps_{c}"] = ceiling.rps
             probe = Probe(app.base_url, claim_path, seeded.probe_tokens, servers.plain_database_url)
@@ -459,7 +482,7 @@ def main() -> int:
                 extra["worker_cpu_ms_per_request"] = claim_cpu["worker"]
             row = http_row(res, f"claims c={c}", result, sampler, ceiling_rps=ceiling.rps, role="claims",
                            app_cpu_ms_per_request=round(claim_ms, 3), cpu_ms_per_request=claim_cpu,
-                           cpu_ratio=round(ping_ms / claim_ms, 3), **extra)  # fmt: skip
+                           cpu_ratio=round(ping_ms / claim_ms, 3), machine=cpu.machine(*window), **extra)  # fmt: skip
             where = "consumer included"
             if worker is not None:
                 where = f"the consumer in picool work: {extra['worker_cpu_ms_per_request']:.2f} ms more there"
@@ -493,9 +516,11 @@ def main() -> int:
                     paced = load.run(name, app.port, pings, concurrency=c, duration_s=seconds, warmup_s=WARMUP_S,
                                      rate=PACED_SHARES[0] * ceiling.rps)  # fmt: skip
                 ping_paced_p99 = paced.percentile(99)
-                ping_paced_cpu = cpu.per_request_ms(*_measured(c, seconds, WARMUP_S, started), paced.rps)
+                window = _measured(c, seconds, WARMUP_S, started)
+                ping_paced_cpu = cpu.per_request_ms(*window, paced.rps)
+                ping_paced_machine = cpu.machine(*window)
                 http_row(res, name, paced, sampler, ceiling_rps=ceiling.rps, role="ceiling-paced",
-                         cpu_ms_per_request=ping_paced_cpu)  # fmt: skip
+                         cpu_ms_per_request=ping_paced_cpu, machine=ping_paced_machine)  # fmt: skip
                 all_ok(res, f"ping c={c} paced {PACED_SHARES[0]:.0%}", paced)
                 res.note(f"{name}: p99 {paced.percentile(99):.1f} ms, p50 {paced.percentile(50):.1f} ms")
                 for share in PACED_SHARES:
@@ -505,10 +530,13 @@ def main() -> int:
                         started = time.monotonic()
                         paced = load.run(name, app.port, claims, concurrency=c, duration_s=seconds,
                                          warmup_s=WARMUP_S, rate=offered)  # fmt: skip
-                    paced_cpu = cpu.per_request_ms(*_measured(c, seconds, WARMUP_S, started), paced.rps)
+                    window = _measured(c, seconds, WARMUP_S, started)
+                    paced_cpu = cpu.per_request_ms(*window, paced.rps)
+                    paced_machine = cpu.machine(*window)
                     http_row(res, name, paced, sampler, ceiling_rps=ceiling.rps, role="claims-paced",
                              offered_rps=round(offered, 1), offered_share=share, cpu_ms_per_request=paced_cpu,
-                             of_claim_capacity=round(offered / max(result.rps, 1e-9), 2))  # fmt: skip
+                             of_claim_capacity=round(offered / max(result.rps, 1e-9), 2),
+                             machine=paced_machine)  # fmt: skip
                     all_ok(res, f"claims c={c} paced {share:.0%}", paced, expect=(201,))
                     if share == 0.5:
                         res.note(f"{share:.0%} of the ceiling offered: CPU per request in the stack (cores in use "
@@ -520,7 +548,10 @@ def main() -> int:
                                    f"p99 {paced.percentile(99):.1f} ms at {paced.rps:.0f}/s "
                                    f"({offered / max(result.rps, 1e-9):.0%} of the claims' own capacity); "
                                    f"the trivial endpoint at the same load: p99 {ping_paced_p99:.1f} ms; "
-                                   f"saturated (closed loop): p99 {result.percentile(99):.0f} ms")  # fmt: skip
+                                   f"saturated (closed loop): p99 {result.percentile(99):.0f} ms; "
+                                   f"stolen by the hypervisor: {_pct_of(paced_machine['steal'])} of the "
+                                   f"machine's CPU (the trivial endpoint's phase: "
+                                   f"{_pct_of(ping_paced_machine['steal'])})")  # fmt: skip
                     else:
                         res.note(f"{name}: p99 {paced.percentile(99):.1f} ms, p50 {paced.percentile(50):.1f} ms "
                                  f"({offered / max(result.rps, 1e-9):.0%} of the claims' own capacity)")  # fmt: skip
@@ -570,13 +601,15 @@ def _log_summary(log_path: Path) -> list[str]:
 
 
 def _print_table(res: Results) -> None:
-    print("\n| run | clients | req/s | p50 ms | p99 ms | of ceiling |", flush=True)
-    print("|---|---|---|---|---|---|")
+    print("\n| run | clients | req/s | p50 ms | p99 ms | of ceiling | machine busy / stolen |", flush=True)
+    print("|---|---|---|---|---|---|---|")
     for r in res.rows:
         ratio = f"{r['ratio']:.0%}" if r.get("ratio") is not None else ""
         rps = f"{r['rps']:.0f}" if r.get("rps") is not None else str(r.get("requests", ""))
+        m = r.get("machine")
+        machine = f"{_pct_of(m['busy'])} / {_pct_of(m['steal'])}" if m else ""
         print(f"| {r['name']} | {r.get('concurrency', '')} | {rps} | {r.get('p50_ms', '')} | {r.get('p99_ms', '')} "
-              f"| {ratio} |")  # fmt: skip
+              f"| {ratio} | {machine} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Cheap readings of a process tree's CPU time and memory, for samplers that run inside measured phases,
-and pinning a running tree to CPUs.
+"""Cheap readings of a process tree's CPU time and memory, and of the whole machine's CPU time (what the
+hypervisor took included), for samplers that run inside measured phases; and pinning a running tree to
+CPUs.
 
 A sampler shares the machine with what it measures. psutil's ``children(recursive=True)`` reads the
 ``stat`` file of every process on the machine to find one tree, and ``cpu_times()`` costs a few more
@@ -85,6 +86,35 @@ def tree_cpu_s(pid: int) -> float:
         if t is not None:
             total += t.own + t.reaped
     return total
+
+
+@dataclass(frozen=True, slots=True)
+class MachineTimes:
+    """CPU seconds of the whole machine so far, summed over its CPUs (``/proc/stat``): all of them, idle
+    ones (idle and waiting for I/O) and stolen ones (a virtual CPU ready to run while the hypervisor ran
+    something else)."""
+
+    total: float
+    idle: float
+    steal: float
+
+    def shares_until(self, later: MachineTimes) -> dict[str, float]:
+        """Between this reading and ``later``: the share of the machine's CPU time that was busy (stolen time
+        included) and the share that was stolen, 0..1."""
+        total = later.total - self.total
+        if total <= 0:
+            return {"busy": float("nan"), "steal": float("nan")}
+        idle = later.idle - self.idle
+        return {"busy": round(1 - idle / total, 3), "steal": round((later.steal - self.steal) / total, 3)}
+
+
+def machine_times() -> MachineTimes:
+    """The machine's CPU times now. The first line of ``/proc/stat`` is user, nice, system, idle, iowait,
+    irq, softirq, steal, then guest and guest_nice, which are already counted in user and nice."""
+    with open("/proc/stat", "rb") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    fields += [0] * (8 - len(fields))  # an old kernel without the steal column
+    return MachineTimes(sum(fields) * _TICK_S, (fields[3] + fields[4]) * _TICK_S, fields[7] * _TICK_S)
 
 
 def rss(pid: int) -> int:
