@@ -47,6 +47,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -68,6 +69,12 @@ PROBE_PER_S = 25
 CONCURRENCY = (64, 256)
 PACED_SHARES = (0.5, 0.4, 0.25)  # of the ceiling, offered on a fixed schedule by 64 connections (the p99 target: 50 %)
 WARMUP_S = 1.5
+# The closed-loop ceiling and claims at each concurrency alternate in this many slices each, and each figure
+# is taken over all its slices: this VM's speed (what the hypervisor takes) drifts within seconds, and two
+# back-to-back phases were measured on different machines (claims at x0.39 and x1.09 of the ceiling).
+ROUNDS = 3
+SLICE_WARMUP_S = 1.0
+Window = tuple[float, float]  # monotonic start and end of a measured window
 # On and far above the load: their checks are part of every claim, as in production. One-second windows, like
 # the edge's (harness.servers.NO_LIMITS): a production claim limit (10 per address in 5 minutes) keeps a set
 # of at most 10 entries, and a minute of this load would pile up tens of thousands.
@@ -246,9 +253,10 @@ class ProcessCpu:
 
     def _sample(self) -> None:
         cpu = {name: sum(map(procfs.tree_cpu_s, pids)) for name, pids in self.groups.items()}
+        machine = procfs.machine_times()
         now = time.monotonic()
         self.samples.append((now, cpu))
-        self.machine_samples.append((now, procfs.machine_times()))
+        self.machine_samples.append((now, machine))
 
     def _run(self) -> None:
         self._sample()
@@ -264,26 +272,42 @@ class ProcessCpu:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def used(self, windows: Sequence[Window]) -> tuple[float, dict[str, float], procfs.MachineTimes]:
+        """Over ``windows`` (monotonic start and end times), each read between the first and the last sample
+        inside it: the seconds covered, each group's CPU seconds and the whole machine's CPU times."""
+        wall = 0.0
+        used = dict.fromkeys(self.groups, 0.0)
+        machine = procfs.MachineTimes(0.0, 0.0, 0.0)
+        for start, end in windows:
+            inside = [i for i, (t, _cpu) in enumerate(self.samples) if start <= t <= end]
+            if len(inside) < 2:
+                continue
+            (t0, c0), (t1, c1) = self.samples[inside[0]], self.samples[inside[-1]]
+            wall += t1 - t0
+            for name in used:
+                used[name] += c1[name] - c0[name]
+            machine += self.machine_samples[inside[-1]][1] - self.machine_samples[inside[0]][1]
+        return wall, used, machine
+
     def cores(self, start: float, end: float, group: str = "") -> float:
         """Average cores a group (the one pid by default) used between two monotonic times."""
-        inside = [s for s in self.samples if start <= s[0] <= end]
-        if len(inside) < 2:
-            return float("nan")
-        (t0, c0), (t1, c1) = inside[0], inside[-1]
-        return (c1[group] - c0[group]) / (t1 - t0) if t1 > t0 else float("nan")
+        wall, used, _machine = self.used([(start, end)])
+        return used[group] / wall if wall > 0 else float("nan")
 
-    def machine(self, start: float, end: float) -> dict[str, float]:
-        """The whole machine between two monotonic times: the share of its CPU time busy and the share the
-        hypervisor took (steal), 0..1. On a virtual machine a phase can lose a quarter of its CPU that way,
-        in bursts, which no process of the stack shows in its own CPU time."""
-        inside = [m for t, m in self.machine_samples if start <= t <= end]
-        if len(inside) < 2:
-            return {"busy": float("nan"), "steal": float("nan")}
-        return inside[0].shares_until(inside[-1])
+    def machine(self, windows: Sequence[Window]) -> dict[str, float]:
+        """The whole machine over ``windows``: the share of its CPU time busy and the share the hypervisor
+        took (steal), 0..1. On a virtual machine a phase can lose a quarter of its CPU that way, in bursts,
+        which no process of the stack shows in its own CPU time."""
+        return self.used(windows)[2].shares()
 
-    def per_request_ms(self, start: float, end: float, rps: float) -> dict[str, float]:
-        """Each group's CPU per request (ms) at ``rps`` over the window, and their ``total``."""
-        out = {name: round(self.cores(start, end, name) * 1000 / max(rps, 1e-9), 3) for name in self.groups}
+    def per_request_ms(self, windows: Sequence[Window], rps: float) -> dict[str, float]:
+        """Each group's CPU per request (ms) over ``windows`` at ``rps`` (the requests of all the windows over
+        their total length), and their ``total``."""
+        wall, used, _machine = self.used(windows)
+        out = {
+            name: round(cpu_s / wall * 1000 / max(rps, 1e-9), 3) if wall > 0 else float("nan")
+            for name, cpu_s in used.items()
+        }
         out["total"] = round(sum(out.values()), 3)
         return out
 
@@ -296,6 +320,55 @@ def stack_groups(app: App, worker: Worker | None, servers: Servers) -> dict[str,
     for name in ("redis", "postgres", "kafka"):
         groups[name] = [procs[name].pid] if name in procs else []
     return groups
+
+
+@dataclass
+class Alternation:
+    """The closed-loop ceiling and claims at one concurrency, measured in alternating slices."""
+
+    probe: Probe
+    ping_parts: list[load.LoadResult] = field(default_factory=list)
+    claim_parts: list[load.LoadResult] = field(default_factory=list)
+    ping_windows: list[Window] = field(default_factory=list)
+    claim_windows: list[Window] = field(default_factory=list)
+
+    @property
+    def ping(self) -> load.LoadResult:
+        return load.merged(self.ping_parts[0].label.rpartition(" (")[0], self.ping_parts)
+
+    @property
+    def claims(self) -> load.LoadResult:
+        return load.merged(self.claim_parts[0].label.rpartition(" (")[0], self.claim_parts)
+
+    def slice_ratios(self) -> list[float]:
+        """Claims/s over the ping's of the slice just before, slice by slice."""
+        return [round(cl.rps / max(p.rps, 1e-9), 3) for p, cl in zip(self.ping_parts, self.claim_parts, strict=True)]
+
+
+def _alternate(c: int, seconds: float, app: App, pings: list[bytes], claims: list[bytes], probe: Probe) -> Alternation:
+    """``ROUNDS`` slices of the ceiling (``GET /ping``) and of the claims, alternated, ``seconds`` measured of
+    each in all; the probe runs during the claims' slices."""
+    alt = Alternation(probe)
+    slice_s = seconds / ROUNDS
+    for r in range(ROUNDS):
+        part = f"({r + 1}/{ROUNDS})"
+        started = time.monotonic()
+        ping = load.run(f"ceiling: GET {PING} c={c} {part}", app.port, pings, concurrency=c, duration_s=slice_s,
+                        warmup_s=SLICE_WARMUP_S)  # fmt: skip
+        alt.ping_parts.append(ping)
+        alt.ping_windows.append(_measured(c, slice_s, SLICE_WARMUP_S, started))
+        probe.start()
+        try:
+            started = time.monotonic()
+            claim = load.run(f"claims c={c} {part}", app.port, claims, concurrency=c, duration_s=slice_s,
+                             warmup_s=SLICE_WARMUP_S)  # fmt: skip
+        finally:
+            probe.stop()
+        alt.claim_parts.append(claim)
+        alt.claim_windows.append(_measured(c, slice_s, SLICE_WARMUP_S, started))
+        print(f"  slice {part} c={c}: ping {ping.rps:,.0f}/s, claims {claim.rps:,.0f}/s "
+              f"(x{claim.rps / max(ping.rps, 1e-9):.2f})", flush=True)  # fmt: skip
+    return alt
 
 
 CPU_LAYOUTS = ("shared", "background", "app")
@@ -454,35 +527,35 @@ def main() -> int:
         print(f"flash: CPUs: {res.extra['cpus']}", flush=True)
         for c in CONCURRENCY:
             with Sampler(app.pid) as sampler, ProcessCpu(groups) as cpu:
-                started = time.monotonic()
-                ceiling = load.run(f"ceiling: GET {PING} c={c}", app.port, pings, concurrency=c,
-                                   duration_s=seconds, warmup_s=WARMUP_S)  # fmt: skip
-            window = _measured(c, seconds, WARMUP_S, started)
-            ping_cpu = cpu.per_request_ms(*window, ceiling.rps)
+                alt = _alternate(c, seconds, app, pings, claims, Probe(app.base_url, claim_path, seeded.probe_tokens,
+                                 servers.plain_database_url))  # fmt: skip
+            ceiling, result = alt.ping, alt.claims
+            ping_cpu = cpu.per_request_ms(alt.ping_windows, ceiling.rps)
             ping_ms = ping_cpu["app"]
+            ping_machine = cpu.machine(alt.ping_windows)
             http_row(res, f"ceiling: GET {PING} (token) c={c}", ceiling, sampler, role="ceiling",
                      app_cpu_ms_per_request=round(ping_ms, 3), cpu_ms_per_request=ping_cpu,
-                     machine=cpu.machine(*window))  # fmt: skip
+                     machine=ping_machine, slices_rps=[round(p.rps, 1) for p in alt.ping_parts])  # fmt: skip
             all_ok(res, f"ping c={c}", ceiling)
             res.extra[f"ceiling_rps_{c}"] = ceiling.rps
-            probe = Probe(app.base_url, claim_path, seeded.probe_tokens, servers.plain_database_url)
-            probe.start()
-            try:
-                with Sampler(app.pid) as sampler, ProcessCpu(groups) as cpu:
-                    started = time.monotonic()
-                    result = load.run(f"claims c={c}", app.port, claims, concurrency=c, duration_s=seconds,
-                                      warmup_s=WARMUP_S)  # fmt: skip
-            finally:
-                probe.stop()
-            window = _measured(c, seconds, WARMUP_S, started)
-            claim_cpu = cpu.per_request_ms(*window, result.rps)
+            probe = alt.probe
+            claim_cpu = cpu.per_request_ms(alt.claim_windows, result.rps)
             claim_ms = claim_cpu["app"]
+            claim_machine = cpu.machine(alt.claim_windows)
             extra: dict[str, float] = {}
             if worker is not None:
                 extra["worker_cpu_ms_per_request"] = claim_cpu["worker"]
+            slice_ratios = alt.slice_ratios()
             row = http_row(res, f"claims c={c}", result, sampler, ceiling_rps=ceiling.rps, role="claims",
                            app_cpu_ms_per_request=round(claim_ms, 3), cpu_ms_per_request=claim_cpu,
-                           cpu_ratio=round(ping_ms / claim_ms, 3), machine=cpu.machine(*window), **extra)  # fmt: skip
+                           cpu_ratio=round(ping_ms / claim_ms, 3), machine=claim_machine,
+                           slices_rps=[round(p.rps, 1) for p in alt.claim_parts], slice_ratios=slice_ratios,
+                           **extra)  # fmt: skip
+            res.note(f"c={c}: the ceiling and the claims alternated in {ROUNDS} slices each: claims at "
+                     + ", ".join(f"x{r:.2f}" for r in slice_ratios) + " of the ceiling slice by slice, "
+                     f"x{row['ratio']:.2f} over all; stolen by the hypervisor: {_pct_of(ping_machine['steal'])} "
+                     f"of the machine's CPU in the ceiling's slices, {_pct_of(claim_machine['steal'])} in the "
+                     "claims'")  # fmt: skip
             where = "consumer included"
             if worker is not None:
                 where = f"the consumer in picool work: {extra['worker_cpu_ms_per_request']:.2f} ms more there"
@@ -517,8 +590,8 @@ def main() -> int:
                                      rate=PACED_SHARES[0] * ceiling.rps)  # fmt: skip
                 ping_paced_p99 = paced.percentile(99)
                 window = _measured(c, seconds, WARMUP_S, started)
-                ping_paced_cpu = cpu.per_request_ms(*window, paced.rps)
-                ping_paced_machine = cpu.machine(*window)
+                ping_paced_cpu = cpu.per_request_ms([window], paced.rps)
+                ping_paced_machine = cpu.machine([window])
                 http_row(res, name, paced, sampler, ceiling_rps=ceiling.rps, role="ceiling-paced",
                          cpu_ms_per_request=ping_paced_cpu, machine=ping_paced_machine)  # fmt: skip
                 all_ok(res, f"ping c={c} paced {PACED_SHARES[0]:.0%}", paced)
@@ -531,8 +604,8 @@ def main() -> int:
                         paced = load.run(name, app.port, claims, concurrency=c, duration_s=seconds,
                                          warmup_s=WARMUP_S, rate=offered)  # fmt: skip
                     window = _measured(c, seconds, WARMUP_S, started)
-                    paced_cpu = cpu.per_request_ms(*window, paced.rps)
-                    paced_machine = cpu.machine(*window)
+                    paced_cpu = cpu.per_request_ms([window], paced.rps)
+                    paced_machine = cpu.machine([window])
                     http_row(res, name, paced, sampler, ceiling_rps=ceiling.rps, role="claims-paced",
                              offered_rps=round(offered, 1), offered_share=share, cpu_ms_per_request=paced_cpu,
                              of_claim_capacity=round(offered / max(result.rps, 1e-9), 2),

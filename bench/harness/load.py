@@ -126,6 +126,24 @@ class LoadResult:
         )
 
 
+def merged(label: str, parts: Sequence[LoadResult]) -> LoadResult:
+    """Several runs of one stream as one result: their measured windows put end to end (as when the runs
+    alternate with runs of another stream, so a machine whose speed drifts weighs on both alike)."""
+    if not parts:
+        raise ValueError("nothing to merge")
+    out = LoadResult(label, parts[0].concurrency, max(p.processes for p in parts), 0.0, array.array("d"))
+    for part in parts:
+        out.duration_s += part.duration_s
+        out.latencies.extend(part.latencies)
+        out.statuses.update(part.statuses)
+        out.errors.update(part.errors)
+        for status, body in part.samples.items():
+            out.samples.setdefault(status, body)
+        out.exhausted = out.exhausted or part.exhausted
+        out.sent += part.sent
+    return out
+
+
 class _Conn(asyncio.Protocol):
     """One keep-alive connection with at most one request in flight."""
 

@@ -90,22 +90,26 @@ def tree_cpu_s(pid: int) -> float:
 
 @dataclass(frozen=True, slots=True)
 class MachineTimes:
-    """CPU seconds of the whole machine so far, summed over its CPUs (``/proc/stat``): all of them, idle
-    ones (idle and waiting for I/O) and stolen ones (a virtual CPU ready to run while the hypervisor ran
-    something else)."""
+    """CPU seconds of the whole machine, summed over its CPUs (``/proc/stat``): all of them, idle ones (idle
+    and waiting for I/O) and stolen ones (a virtual CPU ready to run while the hypervisor ran something
+    else). A reading holds the times so far; the difference of two readings, those between them."""
 
     total: float
     idle: float
     steal: float
 
-    def shares_until(self, later: MachineTimes) -> dict[str, float]:
-        """Between this reading and ``later``: the share of the machine's CPU time that was busy (stolen time
-        included) and the share that was stolen, 0..1."""
-        total = later.total - self.total
-        if total <= 0:
+    def __sub__(self, earlier: MachineTimes) -> MachineTimes:
+        return MachineTimes(self.total - earlier.total, self.idle - earlier.idle, self.steal - earlier.steal)
+
+    def __add__(self, other: MachineTimes) -> MachineTimes:
+        return MachineTimes(self.total + other.total, self.idle + other.idle, self.steal + other.steal)
+
+    def shares(self) -> dict[str, float]:
+        """Of a difference: the share of the machine's CPU time that was busy (stolen time included) and the
+        share that was stolen, 0..1 (NaN for an empty span)."""
+        if self.total <= 0:
             return {"busy": float("nan"), "steal": float("nan")}
-        idle = later.idle - self.idle
-        return {"busy": round(1 - idle / total, 3), "steal": round((later.steal - self.steal) / total, 3)}
+        return {"busy": round(1 - self.idle / self.total, 3), "steal": round(self.steal / self.total, 3)}
 
 
 def machine_times() -> MachineTimes:
