@@ -190,6 +190,9 @@ def _fmt_row(r: dict[str, Any]) -> str:
         parts.append(f"rss {r['peak_rss_mb']:.0f} MB")
     if r.get("other_load_cores") is not None:
         parts.append(f"other load {r['other_load_cores']:.2f} cores")
+    machine = r.get("machine")
+    if isinstance(machine, dict) and machine.get("steal") is not None:
+        parts.append(f"stolen {machine['steal']:.0%} of the machine")
     return "  ".join(parts)
 
 
