@@ -344,14 +344,6 @@ class Alternation:
     ping_windows: list[Window] = field(default_factory=list)
     claim_windows: list[Window] = field(default_factory=list)
 
-    @property
-    def ping(self) -> load.LoadResult:
-        return load.merged(self.ping_parts[0].label.rpartition(" (")[0], self.ping_parts)
-
-    @property
-    def claims(self) -> load.LoadResult:
-        return load.merged(self.claim_parts[0].label.rpartition(" (")[0], self.claim_parts)
-
     def slice_ratios(self) -> list[float]:
         """Claims/s over the ping's of the slice just before, slice by slice."""
         return [round(cl.rps / max(p.rps, 1e-9), 3) for p, cl in zip(self.ping_parts, self.claim_parts, strict=True)]
@@ -541,7 +533,8 @@ def main() -> int:
             with Sampler(app.pid) as sampler, ProcessCpu(groups) as cpu:
                 alt = _alternate(c, seconds, app, pings, claims, Probe(app.base_url, claim_path, seeded.probe_tokens,
                                  servers.plain_database_url))  # fmt: skip
-            ceiling, result = alt.ping, alt.claims
+            ceiling = load.merged(f"ceiling: GET {PING} c={c}", alt.ping_parts)
+            result = load.merged(f"claims c={c}", alt.claim_parts)
             ping_cpu = cpu.per_request_ms(alt.ping_windows, ceiling.rps)
             ping_ms = ping_cpu["app"]
             ping_machine = cpu.machine(alt.ping_windows)
