@@ -168,12 +168,29 @@ def _validation_handler(request: Request[Any, Any, Any], exc: Exception) -> Resp
     if isinstance(extra, list):
         for item in extra:
             if isinstance(item, dict):
-                errors.append({k: v for k, v in item.items() if k in {"key", "message", "source"}})
+                error = {k: v for k, v in item.items() if k in {"key", "message", "source"}}
+                if error.get("source") == "header":  # litestar names the handler's argument, not the header
+                    error["key"] = _header_name(request, str(error.get("key", ""))) or error.get("key")
+                errors.append(error)
     detail = exc.detail or "Validation failed"
     if errors:
         parts = [f"{e.get('key') or 'body'}: {e.get('message')}" for e in errors]
         detail = "; ".join(parts)
     return problem(400, "invalid_request", "Invalid request", detail, errors=errors or None, request=request)
+
+
+def _header_name(request: Request[Any, Any, Any], argument: str) -> str | None:
+    """The header a handler's ``argument`` is read from (``idempotency_key`` -> ``Idempotency-Key``)."""
+    try:
+        field = request.route_handler.parsed_fn_signature.parameters.get(argument)
+    except (KeyError, AttributeError):  # no route handler in the scope: keep litestar's name
+        return None
+    kwarg = getattr(field, "kwarg_definition", None)
+    # Parameter(header="X-A") names it in ``header``; HeaderParameter(name="X-A") in ``name``.
+    for header in (getattr(kwarg, "header", None), getattr(kwarg, "name", None)):
+        if isinstance(header, str) and header:
+            return header
+    return None
 
 
 _STATUS_CODES = {
